@@ -1,0 +1,99 @@
+//! The crate's error type.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong when loading or running a PaliGemma model.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file that failed.
+        path: PathBuf,
+        /// The underlying I/O error.
+        source: std::io::Error,
+    },
+    /// A required file is missing from the checkpoint directory.
+    #[error("{path} not found: {hint}")]
+    MissingFile {
+        /// The path that was looked for.
+        path: PathBuf,
+        /// What the file is and where it comes from.
+        hint: String,
+    },
+    /// `config.json` is malformed or does not describe a supported PaliGemma model.
+    #[error("invalid config {path}: {reason}")]
+    Config {
+        /// The config file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A weight file is malformed.
+    #[error("invalid weight file {path}: {reason}")]
+    WeightFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A tensor the model needs is not in the checkpoint.
+    #[error("tensor {name} not found in the checkpoint (looked for: {tried})")]
+    MissingTensor {
+        /// The canonical (hub-layout) name of the tensor.
+        name: String,
+        /// Every name that was tried.
+        tried: String,
+    },
+    /// A tensor has a shape the config does not allow.
+    #[error("tensor {name} has shape {found:?}, expected {expected:?}")]
+    TensorShape {
+        /// The tensor's name in the file.
+        name: String,
+        /// The shape in the file.
+        found: Vec<usize>,
+        /// The shape the config implies.
+        expected: Vec<usize>,
+    },
+    /// A tensor has a data type this crate cannot read.
+    #[error("tensor {name} has unsupported dtype {dtype}")]
+    TensorDtype {
+        /// The tensor's name in the file.
+        name: String,
+        /// The dtype found.
+        dtype: String,
+    },
+    /// The tokenizer could not be loaded or used.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// An image could not be read or decoded.
+    #[error("image: {0}")]
+    Image(String),
+    /// The prompt cannot be run (too long, contains reserved tokens, ...).
+    #[error("prompt: {0}")]
+    Prompt(String),
+    /// Generation options are invalid.
+    #[error("invalid generation option: {0}")]
+    Options(String),
+    /// A task's arguments are invalid.
+    #[error(transparent)]
+    Task(#[from] crate::task::TaskError),
+    /// The segmentation mask decoder is missing or invalid.
+    #[error("mask decoder: {0}")]
+    MaskDecoder(String),
+    /// The requested backend or dtype is not available in this build.
+    #[error("backend: {0}")]
+    Backend(String),
+}
+
+/// Shorthand for `std::result::Result<T, paligemma::Error>`.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Small building blocks shared by the vision tower and the decoder.
+
+use burn::tensor::{Tensor, TensorPrimitive, backend::Backend};
+
+use crate::error::Result;
+use crate::weights::WeightStore;
+
+/// A dense layer holding the checkpoint's `[out, in]` weight; it multiplies by a
+/// transposed view, so loading needs no copy and the tied `lm_head` can share storage.
+#[derive(Debug, Clone)]
+pub struct Linear<B: Backend> {
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+}
+
+impl<B: Backend> Linear<B> {
+    /// Wrap an `[out, in]` weight.
+    pub fn new(weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Self {
+        Linear { weight, bias }
+    }
+
+    /// Load `{prefix}.weight` (and `{prefix}.bias` when `bias` is set).
+    pub(crate) fn load(
+        store: &WeightStore,
+        prefix: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let weight = store.tensor::<B, 2>(&format!("{prefix}.weight"), [d_out, d_in], device)?;
+        let bias = if bias {
+            Some(store.tensor::<B, 1>(&format!("{prefix}.bias"), [d_out], device)?)
+        } else {
+            None
+        };
+        Ok(Linear { weight, bias })
+    }
+
+    /// `x @ W^T + b` over the last dimension.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let w = self.weight.clone().transpose().unsqueeze::<D>();
+        let y = x.matmul(w);
+        match &self.bias {
+            Some(b) => y + b.clone().unsqueeze::<D>(),
+            None => y,
+        }
+    }
+
+    /// The `[out, in]` weight.
+    pub fn weight(&self) -> &Tensor<B, 2> {
+        &self.weight
+    }
+}
+
+/// LayerNorm with affine weight and bias (SigLIP).
+#[derive(Debug, Clone)]
+pub struct LayerNorm<B: Backend> {
+    gamma: Tensor<B, 1>,
+    beta: Tensor<B, 1>,
+    eps: f64,
+}
+
+impl<B: Backend> LayerNorm<B> {
+    pub(crate) fn load(
+        store: &WeightStore,
+        prefix: &str,
+        dim: usize,
+        eps: f64,
+        device: &B::Device,
+    ) -> Result<Self> {
+        Ok(LayerNorm {
+            gamma: store.tensor(&format!("{prefix}.weight"), [dim], device)?,
+            beta: store.tensor(&format!("{prefix}.bias"), [dim], device)?,
+            eps,
+        })
+    }
+
+    /// Normalise over the last dimension.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        Tensor::from_primitive(TensorPrimitive::Float(B::layer_norm(
+            x.into_primitive().tensor(),
+            self.gamma.clone().into_primitive().tensor(),
+            Some(self.beta.clone().into_primitive().tensor()),
+            self.eps,
+        )))
+    }
+}
+
+/// Gemma's RMSNorm: `x / rms(x) * (1 + w)`, with `1 + w` folded in at load time.
+#[derive(Debug, Clone)]
+pub struct RmsNorm<B: Backend> {
+    scale: Tensor<B, 1>,
+    eps: f64,
+}
+
+impl<B: Backend> RmsNorm<B> {
+    pub(crate) fn load(
+        store: &WeightStore,
+        name: &str,
+        dim: usize,
+        eps: f64,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let w: Tensor<B, 1> = store.tensor(&format!("{name}.weight"), [dim], device)?;
+        Ok(RmsNorm {
+            scale: w + 1.0,
+            eps,
+        })
+    }
+
+    /// Normalise over the last dimension.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let mean_sq = x.clone().powi_scalar(2).mean_dim(D - 1);
+        let inv = (mean_sq + self.eps).sqrt().recip();
+        x * inv * self.scale.clone().unsqueeze::<D>()
+    }
+}
+
+/// GELU with the tanh approximation (`gelu_pytorch_tanh`), used by both towers.
+pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    burn::tensor::activation::gelu_approximate(x)
+}

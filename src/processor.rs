@@ -1,0 +1,273 @@
+//! Turning an image and a prompt into model inputs, as transformers'
+//! `PaliGemmaProcessor` does with its PIL-based `SiglipImageProcessor`.
+//!
+//! Images are converted to RGB the way PIL's `convert("RGB")` does (gray replicated,
+//! alpha dropped, no blending), resized with PIL's bicubic filter on 8-bit data
+//! (fixed-point, horizontal pass then vertical pass, antialiased when shrinking),
+//! scaled to [0, 1] and normalised with mean 0.5 and std 0.5.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use image::DynamicImage;
+use tokenizers::Tokenizer;
+
+use crate::error::{Error, Result};
+
+/// Preprocess an image into `[3, size, size]` channel-first normalised pixels.
+pub fn preprocess_image(image: &DynamicImage, size: usize) -> Result<Vec<f32>> {
+    let (w, h) = (image.width() as usize, image.height() as usize);
+    if w == 0 || h == 0 {
+        return Err(Error::Image(format!("image has no pixels ({w}x{h})")));
+    }
+    if size == 0 {
+        return Err(Error::Image("target size is zero".into()));
+    }
+    let rgb = image.to_rgb8();
+    let resized = resize_bicubic(rgb.as_raw(), w, h, size, size);
+    let plane = size * size;
+    let mut out = vec![0f32; 3 * plane];
+    for (i, px) in resized.chunks_exact(3).enumerate() {
+        for c in 0..3 {
+            // rescale 1/255, then (x - 0.5) / 0.5
+            out[c * plane + i] = (f32::from(px[c]) * (1.0 / 255.0) - 0.5) / 0.5;
+        }
+    }
+    Ok(out)
+}
+
+const PRECISION_BITS: u32 = 32 - 8 - 2;
+
+/// PIL's bicubic kernel (a = -0.5).
+fn bicubic(x: f64) -> f64 {
+    const A: f64 = -0.5;
+    let x = x.abs();
+    if x < 1.0 {
+        ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+    } else if x < 2.0 {
+        (((x - 5.0) * x + 8.0) * x - 4.0) * A
+    } else {
+        0.0
+    }
+}
+
+/// For each output index: the first input index and fixed-point weights.
+fn coefficients(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i32>)> {
+    let scale = in_size as f64 / out_size as f64;
+    let filterscale = scale.max(1.0);
+    let support = 2.0 * filterscale;
+    (0..out_size)
+        .map(|xx| {
+            let center = (xx as f64 + 0.5) * scale;
+            let ss = 1.0 / filterscale;
+            // C casts truncate toward zero.
+            let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+            let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
+            let weights: Vec<f64> = (xmin..xmax.max(xmin))
+                .map(|x| bicubic((x as f64 - center + 0.5) * ss))
+                .collect();
+            let total: f64 = weights.iter().sum();
+            let fixed = weights
+                .iter()
+                .map(|&w| {
+                    let w = if total != 0.0 { w / total } else { w };
+                    let v = w * f64::from(1u32 << PRECISION_BITS);
+                    if w < 0.0 {
+                        (v - 0.5) as i32
+                    } else {
+                        (v + 0.5) as i32
+                    }
+                })
+                .collect();
+            (xmin, fixed)
+        })
+        .collect()
+}
+
+fn clip8(v: i64) -> u8 {
+    (v >> PRECISION_BITS).clamp(0, 255) as u8
+}
+
+/// Resize interleaved RGB8 like PIL's `Image.resize(..., BICUBIC)`.
+fn resize_bicubic(src: &[u8], w: usize, h: usize, out_w: usize, out_h: usize) -> Vec<u8> {
+    let half = 1i64 << (PRECISION_BITS - 1);
+    // Horizontal pass (skipped when the width is unchanged, as PIL does).
+    let horiz = if out_w != w {
+        let coeffs = coefficients(w, out_w);
+        let mut tmp = vec![0u8; out_w * h * 3];
+        for y in 0..h {
+            let row = &src[y * w * 3..(y + 1) * w * 3];
+            for (xx, (xmin, k)) in coeffs.iter().enumerate() {
+                for c in 0..3 {
+                    let mut ss = half;
+                    for (i, &kw) in k.iter().enumerate() {
+                        ss += i64::from(row[(xmin + i) * 3 + c]) * i64::from(kw);
+                    }
+                    tmp[(y * out_w + xx) * 3 + c] = clip8(ss);
+                }
+            }
+        }
+        tmp
+    } else {
+        src.to_vec()
+    };
+    if out_h == h {
+        return horiz;
+    }
+    let coeffs = coefficients(h, out_h);
+    let mut out = vec![0u8; out_w * out_h * 3];
+    for (yy, (ymin, k)) in coeffs.iter().enumerate() {
+        for x in 0..out_w * 3 {
+            let mut ss = half;
+            for (i, &kw) in k.iter().enumerate() {
+                ss += i64::from(horiz[(ymin + i) * out_w * 3 + x]) * i64::from(kw);
+            }
+            out[yy * out_w * 3 + x] = clip8(ss);
+        }
+    }
+    out
+}
+
+/// The checkpoint's tokenizer plus the special ids PaliGemma needs, resolved by text.
+pub struct TextProcessor {
+    tokenizer: Tokenizer,
+    /// `<image>`.
+    pub image_id: u32,
+    /// `<bos>`.
+    pub bos_id: u32,
+    /// `<eos>`.
+    pub eos_id: u32,
+    /// `<pad>`, when the tokenizer has one.
+    pub pad_id: Option<u32>,
+    /// Ids dropped when decoding to text (special tokens other than `<loc>`/`<seg>`).
+    skip_ids: HashSet<u32>,
+}
+
+impl TextProcessor {
+    /// Load `tokenizer.json` from a checkpoint directory.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join("tokenizer.json");
+        if !path.is_file() {
+            return Err(Error::MissingFile {
+                path,
+                hint: "the checkpoint's tokenizer (tokenizer.json) is required".into(),
+            });
+        }
+        let tokenizer = Tokenizer::from_file(&path)
+            .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        Self::new(tokenizer)
+    }
+
+    /// Wrap a tokenizer, resolving the special tokens.
+    pub fn new(tokenizer: Tokenizer) -> Result<Self> {
+        let id = |t: &str| {
+            tokenizer
+                .token_to_id(t)
+                .ok_or_else(|| Error::Tokenizer(format!("the tokenizer has no {t} token")))
+        };
+        let image_id = id("<image>")?;
+        let bos_id = id("<bos>")?;
+        let eos_id = id("<eos>")?;
+        let pad_id = tokenizer.token_to_id("<pad>");
+        let skip_ids = tokenizer
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special && !is_loc_or_seg(&t.content))
+            .map(|(id, _)| id)
+            .chain([image_id, bos_id, eos_id])
+            .chain(pad_id)
+            .collect();
+        Ok(TextProcessor {
+            tokenizer,
+            image_id,
+            bos_id,
+            eos_id,
+            pad_id,
+            skip_ids,
+        })
+    }
+
+    /// The underlying tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Input ids for a prompt: `<image>` x `num_image_tokens`, `<bos>`, the prompt's
+    /// tokens and `\n`, with no other special tokens added.
+    pub fn prompt_ids(&self, prompt: &str, num_image_tokens: usize) -> Result<Vec<u32>> {
+        let text = format!("{prompt}\n");
+        let enc = self
+            .tokenizer
+            .encode(text.as_str(), false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let body = enc.get_ids();
+        if body.contains(&self.image_id) {
+            return Err(Error::Prompt(
+                "the prompt contains the <image> token; the image placeholders are added \
+                 automatically"
+                    .into(),
+            ));
+        }
+        let mut ids = Vec::with_capacity(num_image_tokens + 1 + body.len());
+        ids.extend(std::iter::repeat_n(self.image_id, num_image_tokens));
+        ids.push(self.bos_id);
+        ids.extend_from_slice(body);
+        Ok(ids)
+    }
+
+    /// Decode generated ids to text, dropping special tokens but keeping `<loc>`/`<seg>`.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        let kept: Vec<u32> = ids
+            .iter()
+            .copied()
+            .filter(|id| !self.skip_ids.contains(id))
+            .collect();
+        self.tokenizer
+            .decode(&kept, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))
+    }
+}
+
+fn is_loc_or_seg(token: &str) -> bool {
+    let digits = |rest: &str, n: usize| {
+        rest.strip_suffix('>')
+            .is_some_and(|d| d.len() == n && d.bytes().all(|b| b.is_ascii_digit()))
+    };
+    token.strip_prefix("<loc").is_some_and(|r| digits(r, 4))
+        || token.strip_prefix("<seg").is_some_and(|r| digits(r, 3))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bicubic_weights_sum_to_one_in_fixed_point() {
+        for (i, o) in [(300, 224), (56, 224), (7, 3), (1, 5)] {
+            for (_, k) in coefficients(i, o) {
+                let sum: i64 = k.iter().map(|&v| i64::from(v)).sum();
+                assert!(
+                    (sum - (1 << PRECISION_BITS)).abs() <= k.len() as i64,
+                    "{i}->{o}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn constant_image_stays_constant() {
+        let img =
+            DynamicImage::ImageRgb8(image::RgbImage::from_pixel(13, 7, image::Rgb([200, 10, 0])));
+        let px = preprocess_image(&img, 5).unwrap();
+        let expect = |v: f32| (v / 255.0 - 0.5) / 0.5;
+        assert!((px[0] - expect(200.0)).abs() < 1e-6);
+        assert!((px[25] - expect(10.0)).abs() < 1e-6);
+        assert!((px[74] - expect(0.0)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn loc_seg_names() {
+        assert!(is_loc_or_seg("<loc0012>") && is_loc_or_seg("<seg127>"));
+        assert!(!is_loc_or_seg("<loc12>") && !is_loc_or_seg("<image>"));
+    }
+}

@@ -1,0 +1,220 @@
+//! The Gemma / Gemma 2 decoder, one implementation with the differences switched by
+//! [`TextConfig`]: Gemma 2 adds post-attention and post-MLP norms, attention and final
+//! logit soft-capping, `query_pre_attn_scalar` and sliding-window layers.
+
+use burn::tensor::{Bool, Int, Tensor, TensorData, backend::Backend};
+
+use crate::attention::{KvCache, Rope, RowLayout, apply_rope, grouped_attention, prefix_lm_mask};
+use crate::config::{TextArch, TextConfig};
+use crate::error::Result;
+use crate::layers::{Linear, RmsNorm, gelu_tanh};
+use crate::weights::WeightStore;
+
+const PREFIX: &str = "language_model.model";
+
+struct DecoderLayer<B: Backend> {
+    input_norm: RmsNorm<B>,
+    q: Linear<B>,
+    k: Linear<B>,
+    v: Linear<B>,
+    o: Linear<B>,
+    /// Gemma 2 only: norm of the attention output before the residual add.
+    post_attn_norm: Option<RmsNorm<B>>,
+    pre_mlp_norm: RmsNorm<B>,
+    /// Gemma 2 only: norm of the MLP output before the residual add.
+    post_mlp_norm: Option<RmsNorm<B>>,
+    gate: Linear<B>,
+    up: Linear<B>,
+    down: Linear<B>,
+    sliding: bool,
+}
+
+/// Gemma decoder with a tied output projection.
+pub struct Decoder<B: Backend> {
+    config: TextConfig,
+    embed: Tensor<B, 2>,
+    layers: Vec<DecoderLayer<B>>,
+    norm: RmsNorm<B>,
+    rope: Rope,
+}
+
+/// The per-call inputs shared by every layer.
+struct Step<'a, B: Backend> {
+    cos: Tensor<B, 4>,
+    sin: Tensor<B, 4>,
+    full_mask: Tensor<B, 4, Bool>,
+    sliding_mask: Option<Tensor<B, 4, Bool>>,
+    cache: &'a mut KvCache<B>,
+}
+
+impl<B: Backend> Decoder<B> {
+    pub(crate) fn load(store: &WeightStore, c: &TextConfig, device: &B::Device) -> Result<Self> {
+        let (h, eps) = (c.hidden_size, c.rms_norm_eps);
+        let q_dim = c.num_attention_heads * c.head_dim;
+        let kv_dim = c.num_key_value_heads * c.head_dim;
+        let gemma2 = c.arch == TextArch::Gemma2;
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| {
+                let pre = format!("{PREFIX}.layers.{i}");
+                let lin = |name: &str, din, dout| {
+                    Linear::load(store, &format!("{pre}.{name}"), din, dout, false, device)
+                };
+                let norm =
+                    |name: &str| RmsNorm::load(store, &format!("{pre}.{name}"), h, eps, device);
+                Ok(DecoderLayer {
+                    input_norm: norm("input_layernorm")?,
+                    q: lin("self_attn.q_proj", h, q_dim)?,
+                    k: lin("self_attn.k_proj", h, kv_dim)?,
+                    v: lin("self_attn.v_proj", h, kv_dim)?,
+                    o: lin("self_attn.o_proj", q_dim, h)?,
+                    // Gemma names its pre-MLP norm `post_attention_layernorm`; Gemma 2
+                    // uses that name for a true post-attention norm.
+                    post_attn_norm: if gemma2 {
+                        Some(norm("post_attention_layernorm")?)
+                    } else {
+                        None
+                    },
+                    pre_mlp_norm: if gemma2 {
+                        norm("pre_feedforward_layernorm")?
+                    } else {
+                        norm("post_attention_layernorm")?
+                    },
+                    post_mlp_norm: if gemma2 {
+                        Some(norm("post_feedforward_layernorm")?)
+                    } else {
+                        None
+                    },
+                    gate: lin("mlp.gate_proj", h, c.intermediate_size)?,
+                    up: lin("mlp.up_proj", h, c.intermediate_size)?,
+                    down: lin("mlp.down_proj", c.intermediate_size, h)?,
+                    sliding: c.is_sliding(i),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Decoder {
+            config: c.clone(),
+            embed: store.tensor(
+                &format!("{PREFIX}.embed_tokens.weight"),
+                [c.vocab_size, h],
+                device,
+            )?,
+            layers,
+            norm: RmsNorm::load(store, &format!("{PREFIX}.norm"), h, eps, device)?,
+            rope: Rope::new(c.head_dim, c.rope_theta),
+        })
+    }
+
+    /// The decoder's configuration.
+    pub fn config(&self) -> &TextConfig {
+        &self.config
+    }
+
+    /// Token embeddings `[batch, seq, hidden]`, scaled by `sqrt(hidden)` as Gemma does
+    /// for text tokens (image features are not scaled).
+    pub fn embed(&self, ids: &[Vec<u32>], device: &B::Device) -> Tensor<B, 3> {
+        let b = ids.len();
+        let s = ids.first().map_or(0, Vec::len);
+        let flat: Vec<i64> = ids.iter().flatten().map(|&i| i64::from(i)).collect();
+        let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(flat, [b * s]), device);
+        let hidden = self.config.hidden_size;
+        // The reference rounds the scale to the weight dtype; in f32 this is sqrt itself.
+        let scale = (hidden as f32).sqrt();
+        (self.embed.clone().select(0, idx) * scale).reshape([b, s, hidden])
+    }
+
+    /// Run the decoder over `x` `[batch, seq, hidden]`, appending to `cache`, and return
+    /// the final-normed hidden states.
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rows: &[RowLayout],
+        positions: &[Vec<usize>],
+        cache: &mut KvCache<B>,
+    ) -> Tensor<B, 3> {
+        let device = x.device();
+        let q_len = x.dims()[1];
+        let offset = cache.len();
+        let kv_len = offset + q_len;
+        let (cos, sin) = self.rope.tables::<B>(positions, &device);
+        let full_mask = prefix_lm_mask::<B>(rows, offset, q_len, kv_len, None, &device);
+        let sliding_mask = self
+            .config
+            .sliding_window
+            .filter(|_| self.layers.iter().any(|l| l.sliding))
+            .map(|w| prefix_lm_mask::<B>(rows, offset, q_len, kv_len, Some(w), &device));
+        let mut step = Step {
+            cos,
+            sin,
+            full_mask,
+            sliding_mask,
+            cache,
+        };
+        let mut x = x;
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(x, i, &self.config, &mut step);
+        }
+        step.cache.advance(q_len);
+        self.norm.forward(x)
+    }
+
+    /// Logits `[batch, seq, vocab]` from final hidden states, through the tied embedding
+    /// and the final soft cap.
+    pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        let w = self.embed.clone().transpose().unsqueeze::<3>();
+        let logits = hidden.matmul(w);
+        match self.config.final_logit_softcapping {
+            Some(cap) => (logits / cap).tanh() * cap,
+            None => logits,
+        }
+    }
+}
+
+impl<B: Backend> DecoderLayer<B> {
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        index: usize,
+        c: &TextConfig,
+        step: &mut Step<'_, B>,
+    ) -> Tensor<B, 3> {
+        let [b, s, _] = x.dims();
+        let (heads, kv_heads, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let normed = self.input_norm.forward(x.clone());
+        let split = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, hd]).swap_dims(1, 2);
+        let q = apply_rope(
+            split(self.q.forward(normed.clone()), heads),
+            &step.cos,
+            &step.sin,
+        );
+        let k = apply_rope(
+            split(self.k.forward(normed.clone()), kv_heads),
+            &step.cos,
+            &step.sin,
+        );
+        let v = split(self.v.forward(normed), kv_heads);
+        let (k, v) = step.cache.append(index, k, v);
+        let mask = match (&step.sliding_mask, self.sliding) {
+            (Some(m), true) => m,
+            _ => &step.full_mask,
+        };
+        let scale = c.query_pre_attn_scalar.powf(-0.5);
+        let attn = grouped_attention(q, k, v, mask, scale, c.attn_logit_softcapping);
+        let attn = self
+            .o
+            .forward(attn.swap_dims(1, 2).reshape([b, s, heads * hd]));
+        let attn = match &self.post_attn_norm {
+            Some(n) => n.forward(attn),
+            None => attn,
+        };
+        let h = x + attn;
+        let m = self.pre_mlp_norm.forward(h.clone());
+        let mlp = self
+            .down
+            .forward(gelu_tanh(self.gate.forward(m.clone())) * self.up.forward(m));
+        let mlp = match &self.post_mlp_norm {
+            Some(n) => n.forward(mlp),
+            None => mlp,
+        };
+        h + mlp
+    }
+}

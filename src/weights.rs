@@ -1,0 +1,245 @@
+//! Safetensors loading: memory-mapped files, sharded checkpoints and the key layouts
+//! written by different transformers versions.
+//!
+//! Tensors are converted one at a time from the mapped file straight into backend
+//! tensors, so loading never holds more than the finished weights plus one tensor.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Tensor, TensorData, backend::Backend};
+use memmap2::Mmap;
+use safetensors::tensor::{Dtype, Metadata};
+
+use crate::error::{Error, Result};
+
+/// One memory-mapped safetensors file and its parsed header.
+struct MappedFile {
+    path: PathBuf,
+    mmap: Mmap,
+    data_start: usize,
+    metadata: Metadata,
+}
+
+impl MappedFile {
+    fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the mapping is read-only; a checkpoint modified while it is being
+        // loaded is outside what this crate can guard against (as for every mmap loader).
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let (header_len, metadata) =
+            safetensors::SafeTensors::read_metadata(&mmap).map_err(|e| Error::WeightFile {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        Ok(MappedFile {
+            path: path.to_path_buf(),
+            mmap,
+            data_start: 8 + header_len,
+            metadata,
+        })
+    }
+}
+
+/// A raw tensor view into a mapped file.
+pub(crate) struct RawTensor<'a> {
+    pub name: &'a str,
+    pub dtype: Dtype,
+    pub shape: &'a [usize],
+    pub bytes: &'a [u8],
+}
+
+impl RawTensor<'_> {
+    /// Decode the tensor's elements into f32 (exact for f32, bf16 and f16 inputs).
+    pub fn to_f32(&self) -> Result<Vec<f32>> {
+        let b = self.bytes;
+        let out = match self.dtype {
+            Dtype::F32 => b
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::BF16 => b
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::F16 => b
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(Error::TensorDtype {
+                    name: self.name.to_string(),
+                    dtype: format!("{other:?}"),
+                });
+            }
+        };
+        Ok(out)
+    }
+}
+
+/// All safetensors files of a checkpoint, indexed by tensor name.
+pub struct WeightStore {
+    files: Vec<MappedFile>,
+    index: HashMap<String, usize>,
+}
+
+impl WeightStore {
+    /// Open a checkpoint directory: `model.safetensors.index.json` with its shards, or a
+    /// single `model.safetensors`.
+    pub fn open_dir(dir: &Path) -> Result<Self> {
+        let index_path = dir.join("model.safetensors.index.json");
+        let single = dir.join("model.safetensors");
+        let paths = if index_path.is_file() {
+            shard_paths(dir, &index_path)?
+        } else if single.is_file() {
+            vec![single]
+        } else {
+            return Err(Error::MissingFile {
+                path: single,
+                hint: "a checkpoint directory needs model.safetensors or \
+                       model.safetensors.index.json with its shards"
+                    .into(),
+            });
+        };
+        Self::open_files(&paths)
+    }
+
+    /// Open an explicit list of safetensors files.
+    pub fn open_files(paths: &[PathBuf]) -> Result<Self> {
+        let mut files = Vec::with_capacity(paths.len());
+        let mut index = HashMap::new();
+        for path in paths {
+            if !path.is_file() {
+                return Err(Error::MissingFile {
+                    path: path.clone(),
+                    hint: "listed in model.safetensors.index.json".into(),
+                });
+            }
+            let file = MappedFile::open(path)?;
+            for name in file.metadata.tensors().keys() {
+                index.insert(name.clone(), files.len());
+            }
+            files.push(file);
+        }
+        Ok(WeightStore { files, index })
+    }
+
+    /// Names of every tensor in the checkpoint.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.index.keys().map(String::as_str)
+    }
+
+    fn raw(&self, name: &str) -> Option<Result<RawTensor<'_>>> {
+        let (name, &file_idx) = self.index.get_key_value(name)?;
+        let file = &self.files[file_idx];
+        let info = file.metadata.info(name)?;
+        let (start, end) = info.data_offsets;
+        let bytes = file
+            .mmap
+            .get(file.data_start + start..file.data_start + end)
+            .ok_or_else(|| Error::WeightFile {
+                path: file.path.clone(),
+                reason: format!("tensor {name} points past the end of the file"),
+            });
+        Some(bytes.map(|bytes| RawTensor {
+            name,
+            dtype: info.dtype,
+            shape: &info.shape,
+            bytes,
+        }))
+    }
+
+    /// Find a tensor by its canonical (hub-layout) name, trying the other known layouts.
+    pub(crate) fn find(&self, canonical: &str) -> Result<RawTensor<'_>> {
+        let tried = layout_candidates(canonical);
+        for name in &tried {
+            if let Some(raw) = self.raw(name) {
+                return raw;
+            }
+        }
+        Err(Error::MissingTensor {
+            name: canonical.to_string(),
+            tried: tried.join(", "),
+        })
+    }
+
+    /// Load a tensor with a required shape into the backend.
+    pub(crate) fn tensor<B: Backend, const D: usize>(
+        &self,
+        canonical: &str,
+        shape: [usize; D],
+        device: &B::Device,
+    ) -> Result<Tensor<B, D>> {
+        let raw = self.find(canonical)?;
+        if raw.shape != shape {
+            return Err(Error::TensorShape {
+                name: raw.name.to_string(),
+                found: raw.shape.to_vec(),
+                expected: shape.to_vec(),
+            });
+        }
+        let values = raw.to_f32()?;
+        Ok(Tensor::from_data(TensorData::new(values, shape), device))
+    }
+}
+
+fn shard_paths(dir: &Path, index_path: &Path) -> Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string(index_path).map_err(|e| Error::io(index_path, e))?;
+    let bad = |reason: String| Error::WeightFile {
+        path: index_path.to_path_buf(),
+        reason,
+    };
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| bad("no \"weight_map\" object".into()))?;
+    let mut files: Vec<String> = Vec::new();
+    for value in map.values() {
+        let file = value
+            .as_str()
+            .ok_or_else(|| bad("weight_map values must be file names".into()))?;
+        // Shards must sit in the checkpoint directory itself.
+        if file.contains('/') || file.contains('\\') || file == ".." {
+            return Err(bad(format!("shard name {file:?} is not a plain file name")));
+        }
+        if !files.iter().any(|f| f == file) {
+            files.push(file.to_string());
+        }
+    }
+    files.sort();
+    Ok(files.into_iter().map(|f| dir.join(f)).collect())
+}
+
+/// Every spelling of a hub-layout tensor name used by released checkpoints and by
+/// transformers 4.x / 5.x `save_pretrained`.
+fn layout_candidates(canonical: &str) -> Vec<String> {
+    let mut out = vec![canonical.to_string()];
+    if let Some(rest) = canonical.strip_prefix("vision_tower.vision_model.") {
+        out.push(format!("vision_tower.{rest}"));
+        out.push(format!("model.vision_tower.vision_model.{rest}"));
+        out.push(format!("model.vision_tower.{rest}"));
+    } else if let Some(rest) = canonical.strip_prefix("multi_modal_projector.") {
+        out.push(format!("model.multi_modal_projector.{rest}"));
+    } else if let Some(rest) = canonical.strip_prefix("language_model.model.") {
+        out.push(format!("language_model.{rest}"));
+        out.push(format!("model.language_model.{rest}"));
+        out.push(format!("model.language_model.model.{rest}"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidates_cover_v5_layouts() {
+        let c = layout_candidates("vision_tower.vision_model.post_layernorm.weight");
+        assert!(c.contains(&"vision_tower.post_layernorm.weight".to_string()));
+        assert!(c.contains(&"model.vision_tower.post_layernorm.weight".to_string()));
+        let c = layout_candidates("language_model.model.norm.weight");
+        assert!(c.contains(&"model.language_model.norm.weight".to_string()));
+    }
+}
