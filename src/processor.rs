@@ -13,6 +13,7 @@ use image::DynamicImage;
 use tokenizers::Tokenizer;
 
 use crate::error::{Error, Result};
+use crate::resize::{Filter, resize_u8};
 
 /// Preprocess an image into `[3, size, size]` channel-first normalised pixels.
 pub fn preprocess_image(image: &DynamicImage, size: usize) -> Result<Vec<f32>> {
@@ -24,7 +25,7 @@ pub fn preprocess_image(image: &DynamicImage, size: usize) -> Result<Vec<f32>> {
         return Err(Error::Image("target size is zero".into()));
     }
     let rgb = image.to_rgb8();
-    let resized = resize_bicubic(rgb.as_raw(), w, h, size, size);
+    let resized = resize_u8(Filter::Bicubic, rgb.as_raw(), (w, h), (size, size), 3);
     let plane = size * size;
     let mut out = vec![0f32; 3 * plane];
     for (i, px) in resized.chunks_exact(3).enumerate() {
@@ -34,98 +35,6 @@ pub fn preprocess_image(image: &DynamicImage, size: usize) -> Result<Vec<f32>> {
         }
     }
     Ok(out)
-}
-
-const PRECISION_BITS: u32 = 32 - 8 - 2;
-
-/// PIL's bicubic kernel (a = -0.5).
-fn bicubic(x: f64) -> f64 {
-    const A: f64 = -0.5;
-    let x = x.abs();
-    if x < 1.0 {
-        ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
-    } else if x < 2.0 {
-        (((x - 5.0) * x + 8.0) * x - 4.0) * A
-    } else {
-        0.0
-    }
-}
-
-/// For each output index: the first input index and fixed-point weights.
-fn coefficients(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i32>)> {
-    let scale = in_size as f64 / out_size as f64;
-    let filterscale = scale.max(1.0);
-    let support = 2.0 * filterscale;
-    (0..out_size)
-        .map(|xx| {
-            let center = (xx as f64 + 0.5) * scale;
-            let ss = 1.0 / filterscale;
-            // C casts truncate toward zero.
-            let xmin = ((center - support + 0.5) as i64).max(0) as usize;
-            let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
-            let weights: Vec<f64> = (xmin..xmax.max(xmin))
-                .map(|x| bicubic((x as f64 - center + 0.5) * ss))
-                .collect();
-            let total: f64 = weights.iter().sum();
-            let fixed = weights
-                .iter()
-                .map(|&w| {
-                    let w = if total != 0.0 { w / total } else { w };
-                    let v = w * f64::from(1u32 << PRECISION_BITS);
-                    if w < 0.0 {
-                        (v - 0.5) as i32
-                    } else {
-                        (v + 0.5) as i32
-                    }
-                })
-                .collect();
-            (xmin, fixed)
-        })
-        .collect()
-}
-
-fn clip8(v: i64) -> u8 {
-    (v >> PRECISION_BITS).clamp(0, 255) as u8
-}
-
-/// Resize interleaved RGB8 like PIL's `Image.resize(..., BICUBIC)`.
-fn resize_bicubic(src: &[u8], w: usize, h: usize, out_w: usize, out_h: usize) -> Vec<u8> {
-    let half = 1i64 << (PRECISION_BITS - 1);
-    // Horizontal pass (skipped when the width is unchanged, as PIL does).
-    let horiz = if out_w != w {
-        let coeffs = coefficients(w, out_w);
-        let mut tmp = vec![0u8; out_w * h * 3];
-        for y in 0..h {
-            let row = &src[y * w * 3..(y + 1) * w * 3];
-            for (xx, (xmin, k)) in coeffs.iter().enumerate() {
-                for c in 0..3 {
-                    let mut ss = half;
-                    for (i, &kw) in k.iter().enumerate() {
-                        ss += i64::from(row[(xmin + i) * 3 + c]) * i64::from(kw);
-                    }
-                    tmp[(y * out_w + xx) * 3 + c] = clip8(ss);
-                }
-            }
-        }
-        tmp
-    } else {
-        src.to_vec()
-    };
-    if out_h == h {
-        return horiz;
-    }
-    let coeffs = coefficients(h, out_h);
-    let mut out = vec![0u8; out_w * out_h * 3];
-    for (yy, (ymin, k)) in coeffs.iter().enumerate() {
-        for x in 0..out_w * 3 {
-            let mut ss = half;
-            for (i, &kw) in k.iter().enumerate() {
-                ss += i64::from(horiz[(ymin + i) * out_w * 3 + x]) * i64::from(kw);
-            }
-            out[yy * out_w * 3 + x] = clip8(ss);
-        }
-    }
-    out
 }
 
 /// The checkpoint's tokenizer plus the special ids PaliGemma needs, resolved by text.
@@ -240,19 +149,6 @@ fn is_loc_or_seg(token: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bicubic_weights_sum_to_one_in_fixed_point() {
-        for (i, o) in [(300, 224), (56, 224), (7, 3), (1, 5)] {
-            for (_, k) in coefficients(i, o) {
-                let sum: i64 = k.iter().map(|&v| i64::from(v)).sum();
-                assert!(
-                    (sum - (1 << PRECISION_BITS)).abs() <= k.len() as i64,
-                    "{i}->{o}"
-                );
-            }
-        }
-    }
 
     #[test]
     fn constant_image_stays_constant() {
