@@ -119,5 +119,10 @@ impl<B: Backend> RmsNorm<B> {
 
 /// GELU with the tanh approximation (`gelu_pytorch_tanh`), used by both towers.
 pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    burn::tensor::activation::gelu_approximate(x)
+    // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), with the cube as products: a
+    // backend's powf may go through exp/log and lose precision.
+    const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+    let cube = x.clone() * x.clone() * x.clone();
+    let inner = (x.clone() + cube * 0.044715) * SQRT_2_OVER_PI;
+    x * (inner.tanh() + 1.0) * 0.5
 }

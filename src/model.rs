@@ -174,11 +174,10 @@ impl<B: Backend> Model<B> {
         Ok(Tensor::cat(vec![features.clone(), text], 1))
     }
 
-    /// Final logits `[1, seq, vocab]` for every position of a prompt (no cache kept):
-    /// the reference comparison point.
-    pub fn forward_logits(&self, pixels: Tensor<B, 4>, ids: &[u32]) -> Result<Tensor<B, 3>> {
-        let features = self.image_features(pixels);
-        let x = self.merge(&features, ids)?;
+    /// Final logits `[1, seq, vocab]` for every position of a prompt, from image
+    /// features `[1, tokens, hidden]` (no cache kept): the reference comparison point.
+    pub fn forward_logits(&self, features: &Tensor<B, 3>, ids: &[u32]) -> Result<Tensor<B, 3>> {
+        let x = self.merge(features, ids)?;
         let len = ids.len();
         let mut cache = self.new_cache(1, len);
         let hidden = self.decoder.forward(

@@ -1,9 +1,9 @@
 //! Turning an image and a prompt into model inputs, as transformers'
 //! `PaliGemmaProcessor` does with its PIL-based `SiglipImageProcessor`.
 //!
-//! Images are converted to RGB the way PIL's `convert("RGB")` does (gray replicated,
-//! alpha dropped, no blending), resized with PIL's bicubic filter on 8-bit data
-//! (fixed-point, horizontal pass then vertical pass, antialiased when shrinking),
+//! Images are converted to RGB as transformers does (gray replicated, transparency
+//! composited onto white), resized with PIL's bicubic filter on 8-bit data
+//! (fixed-point, in the pass order Pillow 13 uses, antialiased when shrinking),
 //! scaled to [0, 1] and normalised with mean 0.5 and std 0.5.
 
 use std::collections::HashSet;
@@ -24,8 +24,8 @@ pub fn preprocess_image(image: &DynamicImage, size: usize) -> Result<Vec<f32>> {
     if size == 0 {
         return Err(Error::Image("target size is zero".into()));
     }
-    let rgb = image.to_rgb8();
-    let resized = resize_u8(Filter::Bicubic, rgb.as_raw(), (w, h), (size, size), 3);
+    let rgb = to_rgb(image);
+    let resized = resize_u8(Filter::Bicubic, &rgb, (w, h), (size, size), 3);
     let plane = size * size;
     let mut out = vec![0f32; 3 * plane];
     for (i, px) in resized.chunks_exact(3).enumerate() {
@@ -35,6 +35,35 @@ pub fn preprocess_image(image: &DynamicImage, size: usize) -> Result<Vec<f32>> {
         }
     }
     Ok(out)
+}
+
+/// Interleaved RGB8 pixels as transformers' `convert_to_rgb` makes them: images with
+/// an alpha channel are composited onto white (PIL's integer `alpha_composite`), gray
+/// is replicated into three channels.
+pub fn to_rgb(image: &DynamicImage) -> Vec<u8> {
+    if !image.color().has_alpha() {
+        return image.to_rgb8().into_raw();
+    }
+    let rgba = image.to_rgba8();
+    let mut out = Vec::with_capacity(rgba.len() / 4 * 3);
+    for px in rgba.as_raw().chunks_exact(4) {
+        let a = u32::from(px[3]);
+        if a == 0 {
+            out.extend([255, 255, 255]);
+            continue;
+        }
+        // Background alpha is 255: blend = 255 * (255 - a), total alpha 255 * 255.
+        const BITS: u32 = 7;
+        let out_a255 = a * 255 + 255 * (255 - a);
+        let coef1 = a * 255 * 255 * (1 << BITS) / out_a255;
+        let coef2 = 255 * (1 << BITS) - coef1;
+        let div255 = |v: u32| ((v >> 8) + v) >> 8;
+        for &c in &px[..3] {
+            let tmp = u32::from(c) * coef1 + 255 * coef2;
+            out.push((div255(tmp + (0x80 << BITS)) >> BITS) as u8);
+        }
+    }
+    out
 }
 
 /// The checkpoint's tokenizer plus the special ids PaliGemma needs, resolved by text.

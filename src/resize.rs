@@ -1,6 +1,6 @@
 //! PIL-compatible separable resampling.
 //!
-//! PIL resizes in two passes, horizontal then vertical, each a weighted sum over a
+//! PIL resizes in two passes (see [`vertical_first`] for the order), each a weighted sum over a
 //! filter whose support widens by the scale factor when shrinking (antialiasing).
 //! 8-bit images use 22-bit fixed-point weights and round to `u8` between passes;
 //! float images (`"F"` mode) accumulate in f64. Matching both exactly is what lets
@@ -90,6 +90,73 @@ fn fixed_point(coeffs: Vec<(usize, Vec<f64>)>) -> Vec<(usize, Vec<i64>)> {
         .collect()
 }
 
+/// Pillow (from 13.0) runs the vertical pass first when the height shrinks by more than
+/// twice as many pixels as the width; otherwise horizontal first. The order changes
+/// the result, since 8-bit passes round in between.
+fn vertical_first((w, h): (usize, usize), (out_w, out_h): (usize, usize)) -> bool {
+    let dh = h as i64 - out_h as i64;
+    let dw = w as i64 - out_w as i64;
+    dh > 0 && dh > dw * 2
+}
+
+/// One pass along `axis` (0 = horizontal, 1 = vertical) over an image of `size`
+/// with `channels` interleaved values per pixel. `acc` folds one weighted input into
+/// the accumulator and `finish` turns it into an output value.
+fn pass<T: Copy, K, A: Copy>(
+    src: &[T],
+    (w, h): (usize, usize),
+    channels: usize,
+    vertical: bool,
+    coeffs: &[(usize, Vec<K>)],
+    init: A,
+    acc: impl Fn(A, T, &K) -> A,
+    finish: impl Fn(A) -> T,
+) -> Vec<T> {
+    let (out_w, out_h) = if vertical {
+        (w, coeffs.len())
+    } else {
+        (coeffs.len(), h)
+    };
+    let mut out = Vec::with_capacity(out_w * out_h * channels);
+    for y in 0..out_h {
+        for x in 0..out_w {
+            let (start, k) = &coeffs[if vertical { y } else { x }];
+            for c in 0..channels {
+                let v = k.iter().enumerate().fold(init, |a, (i, kw)| {
+                    let (sx, sy) = if vertical {
+                        (x, start + i)
+                    } else {
+                        (start + i, y)
+                    };
+                    acc(a, src[(sy * w + sx) * channels + c], kw)
+                });
+                out.push(finish(v));
+            }
+        }
+    }
+    out
+}
+
+/// Run the two passes PIL would run, in PIL's order, skipping a pass whose size
+/// does not change.
+fn two_pass<T: Clone>(
+    src: &[T],
+    (w, h): (usize, usize),
+    (out_w, out_h): (usize, usize),
+    horizontal: impl Fn(&[T], (usize, usize)) -> Vec<T>,
+    vertical: impl Fn(&[T], (usize, usize)) -> Vec<T>,
+) -> Vec<T> {
+    match (out_w != w, out_h != h) {
+        (false, false) => src.to_vec(),
+        (true, false) => horizontal(src, (w, h)),
+        (false, true) => vertical(src, (w, h)),
+        (true, true) if vertical_first((w, h), (out_w, out_h)) => {
+            horizontal(&vertical(src, (w, h)), (w, out_h))
+        }
+        (true, true) => vertical(&horizontal(src, (w, h)), (out_w, h)),
+    }
+}
+
 /// Resample interleaved 8-bit pixels (`channels` per pixel) like PIL's `Image.resize`.
 pub(crate) fn resize_u8(
     filter: Filter,
@@ -100,40 +167,16 @@ pub(crate) fn resize_u8(
 ) -> Vec<u8> {
     let half = 1i64 << (PRECISION_BITS - 1);
     let clip8 = |v: i64| (v >> PRECISION_BITS).clamp(0, 255) as u8;
-    // PIL skips a pass whose size does not change.
-    let horiz = if out_w != w {
-        let coeffs = fixed_point(coefficients(filter, w, out_w));
-        let mut tmp = vec![0u8; out_w * h * channels];
-        for y in 0..h {
-            let row = &src[y * w * channels..(y + 1) * w * channels];
-            for (xx, (xmin, k)) in coeffs.iter().enumerate() {
-                for c in 0..channels {
-                    let ss = k.iter().enumerate().fold(half, |ss, (i, &kw)| {
-                        ss + i64::from(row[(xmin + i) * channels + c]) * kw
-                    });
-                    tmp[(y * out_w + xx) * channels + c] = clip8(ss);
-                }
-            }
-        }
-        tmp
-    } else {
-        src.to_vec()
-    };
-    if out_h == h {
-        return horiz;
-    }
-    let stride = out_w * channels;
-    let coeffs = fixed_point(coefficients(filter, h, out_h));
-    let mut out = vec![0u8; stride * out_h];
-    for (yy, (ymin, k)) in coeffs.iter().enumerate() {
-        for x in 0..stride {
-            let ss = k.iter().enumerate().fold(half, |ss, (i, &kw)| {
-                ss + i64::from(horiz[(ymin + i) * stride + x]) * kw
-            });
-            out[yy * stride + x] = clip8(ss);
-        }
-    }
-    out
+    let acc = |a: i64, v: u8, k: &i64| a + i64::from(v) * k;
+    let horiz = fixed_point(coefficients(filter, w, out_w));
+    let vert = fixed_point(coefficients(filter, h, out_h));
+    two_pass(
+        src,
+        (w, h),
+        (out_w, out_h),
+        |s, size| pass(s, size, channels, false, &horiz, half, acc, clip8),
+        |s, size| pass(s, size, channels, true, &vert, half, acc, clip8),
+    )
 }
 
 /// Resample a single-channel float image like PIL's `Image.resize` in `"F"` mode.
@@ -143,39 +186,17 @@ pub(crate) fn resize_f32(
     (w, h): (usize, usize),
     (out_w, out_h): (usize, usize),
 ) -> Vec<f32> {
-    let horiz = if out_w != w {
-        let coeffs = coefficients(filter, w, out_w);
-        let mut tmp = vec![0f32; out_w * h];
-        for y in 0..h {
-            for (xx, (xmin, k)) in coeffs.iter().enumerate() {
-                let ss: f64 = k
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &kw)| f64::from(src[y * w + xmin + i]) * kw)
-                    .sum();
-                tmp[y * out_w + xx] = ss as f32;
-            }
-        }
-        tmp
-    } else {
-        src.to_vec()
-    };
-    if out_h == h {
-        return horiz;
-    }
-    let coeffs = coefficients(filter, h, out_h);
-    let mut out = vec![0f32; out_w * out_h];
-    for (yy, (ymin, k)) in coeffs.iter().enumerate() {
-        for x in 0..out_w {
-            let ss: f64 = k
-                .iter()
-                .enumerate()
-                .map(|(i, &kw)| f64::from(horiz[(ymin + i) * out_w + x]) * kw)
-                .sum();
-            out[yy * out_w + x] = ss as f32;
-        }
-    }
-    out
+    let acc = |a: f64, v: f32, k: &f64| a + f64::from(v) * k;
+    let finish = |a: f64| a as f32;
+    let horiz = coefficients(filter, w, out_w);
+    let vert = coefficients(filter, h, out_h);
+    two_pass(
+        src,
+        (w, h),
+        (out_w, out_h),
+        |s, size| pass(s, size, 1, false, &horiz, 0.0, acc, finish),
+        |s, size| pass(s, size, 1, true, &vert, 0.0, acc, finish),
+    )
 }
 
 #[cfg(test)]

@@ -1,0 +1,144 @@
+//! The model against Hugging Face transformers on the tiny random checkpoints:
+//! prompt ids, pixels, vision tower, projector, prefill logits and greedy generation.
+//! Expected values come from `scripts/make_fixtures.py`.
+
+mod common;
+
+use burn::tensor::{Tensor, TensorData};
+use common::*;
+use paligemma::{GenerateOptions, Model, backend::Cpu};
+
+const TOL: f32 = 1e-4;
+
+fn tensor_vec<const D: usize>(t: Tensor<Cpu, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().into_vec::<f32>().unwrap()
+}
+
+fn check_model(name: &str) {
+    let model = Model::<Cpu>::from_pretrained(fixtures().join(name), &Default::default()).unwrap();
+    let tensors = expected_tensors(name);
+    let meta = expected_json(name);
+    let max_new = meta["max_new_tokens"].as_u64().unwrap() as usize;
+    for (case, c) in meta["cases"].as_object().unwrap() {
+        let image = open_image(c["image"].as_str().unwrap());
+        let prompt = c["prompt"].as_str().unwrap();
+        let ids = model.prompt_ids(prompt).unwrap();
+        assert_eq!(
+            ids,
+            common::ids(&c["prompt_ids"]),
+            "{name}/{case}: prompt ids"
+        );
+
+        let px = &tensors[&format!("{case}.pixel_values")];
+        let ours = tensor_vec(model.pixel_values(&image).unwrap());
+        let diff = max_abs_diff(&ours, &px.data);
+        assert!(diff < 1e-5, "{name}/{case}: pixels differ by {diff}");
+
+        // Feed the reference pixels so each stage is compared on its own.
+        let pixels = Tensor::<Cpu, 4>::from_data(
+            TensorData::new(px.data.clone(), px.shape.clone()),
+            model.device(),
+        );
+        let vision = tensor_vec(model.vision_tower().forward(pixels.clone()));
+        let diff = max_abs_diff(&vision, &tensors[&format!("{case}.vision")].data);
+        assert!(diff < TOL, "{name}/{case}: vision tower differs by {diff}");
+
+        let proj = tensor_vec(model.image_features(pixels.clone()));
+        let diff = max_abs_diff(&proj, &tensors[&format!("{case}.projector")].data);
+        assert!(diff < TOL, "{name}/{case}: projector differs by {diff}");
+
+        let features = model.image_features(pixels);
+        let logits = tensor_vec(model.forward_logits(&features, &ids).unwrap());
+        let diff = max_abs_diff(&logits, &tensors[&format!("{case}.logits")].data);
+        assert!(diff < TOL, "{name}/{case}: prefill logits differ by {diff}");
+
+        let options = GenerateOptions {
+            max_new_tokens: max_new,
+            top_logits: 5,
+            ..Default::default()
+        };
+        let out = model.generate(&image, prompt, &options).unwrap();
+        assert_eq!(
+            out.generated_ids,
+            common::ids(&c["generated_ids"]),
+            "{name}/{case}: greedy tokens"
+        );
+        assert_eq!(
+            out.text,
+            c["generated_text"].as_str().unwrap(),
+            "{name}/{case}: text"
+        );
+        let tops = out.top_logits.unwrap();
+        for (step, (ours, theirs)) in tops
+            .iter()
+            .zip(c["top_logits"].as_array().unwrap())
+            .enumerate()
+        {
+            for ((id, v), t) in ours.iter().zip(theirs.as_array().unwrap()) {
+                let (tid, tv) = (t[0].as_u64().unwrap() as u32, t[1].as_f64().unwrap() as f32);
+                // Ties below the tolerance may order differently; values must agree.
+                assert!(
+                    (v - tv).abs() < TOL,
+                    "{name}/{case} step {step}: logit {v} vs {tv}"
+                );
+                if (v - tv).abs() < TOL && *id != tid {
+                    assert!(
+                        ours.iter().any(|(i, _)| *i == tid),
+                        "{name}/{case} step {step}: top-k ids"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn paligemma1_hub_layout_sharded_f32_mqa() {
+    check_model("pg1-tiny");
+}
+
+#[test]
+fn paligemma2_v5_layout_bf16_gqa_softcap_sliding() {
+    check_model("pg2-tiny");
+}
+
+#[test]
+fn preprocessing_matches_pil_processor() {
+    let tensors = expected_tensors("processor");
+    let meta = expected_json("processor");
+    for (key, m) in meta.as_object().unwrap() {
+        let image = open_image(m["image"].as_str().unwrap());
+        let size = m["size"].as_u64().unwrap() as usize;
+        let ours = paligemma::processor::preprocess_image(&image, size).unwrap();
+        let theirs = &tensors[key].data;
+        let mean = mean_abs_diff(&ours, theirs);
+        let max = max_abs_diff(&ours, theirs);
+        assert!(mean < 1.0 / 255.0, "{key}: mean abs diff {mean}");
+        assert!(
+            max < 1e-5,
+            "{key}: max abs diff {max} (PIL bicubic should match exactly)"
+        );
+    }
+}
+
+#[test]
+fn mask_decoder_matches_pytorch() {
+    let decoder = paligemma::mask::MaskDecoder::<Cpu>::from_npz(
+        fixtures().join("vae/vae-oid-random.npz"),
+        &Default::default(),
+    )
+    .unwrap();
+    let t = expected_tensors("vae");
+    let codes: Vec<[u16; 16]> = t["codes"]
+        .data
+        .chunks_exact(16)
+        .map(|c| std::array::from_fn(|i| c[i] as u16))
+        .collect();
+    let ours: Vec<f32> = decoder.decode_to_vec(&codes).unwrap().concat();
+    let diff = max_abs_diff(&ours, &t["masks"].data);
+    let scale = t["masks"].data.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(
+        diff < 1e-4 * scale.max(1.0),
+        "decoder differs by {diff} (output scale {scale})"
+    );
+}
