@@ -359,13 +359,13 @@ impl RawVision {
             patch_size: positive("patch_size", self.patch_size.unwrap_or(16))?,
             layer_norm_eps: self.layer_norm_eps.unwrap_or(1e-6),
         };
-        if c.hidden_size % c.num_attention_heads != 0 {
+        if !c.hidden_size.is_multiple_of(c.num_attention_heads) {
             return Err(format!(
                 "vision hidden_size {} is not divisible by {} heads",
                 c.hidden_size, c.num_attention_heads
             ));
         }
-        if c.image_size % c.patch_size != 0 {
+        if !c.image_size.is_multiple_of(c.patch_size) {
             return Err(format!(
                 "image_size {} is not a multiple of patch_size {}",
                 c.image_size, c.patch_size
@@ -421,7 +421,7 @@ impl RawText {
             "num_key_value_heads",
             self.num_key_value_heads.unwrap_or(kv),
         )?;
-        if num_attention_heads % num_key_value_heads != 0 {
+        if !num_attention_heads.is_multiple_of(num_key_value_heads) {
             return Err(format!(
                 "{num_attention_heads} attention heads are not a multiple of {num_key_value_heads} key/value heads"
             ));

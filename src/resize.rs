@@ -99,18 +99,48 @@ fn vertical_first((w, h): (usize, usize), (out_w, out_h): (usize, usize)) -> boo
     dh > 0 && dh > dw * 2
 }
 
-/// One pass along `axis` (0 = horizontal, 1 = vertical) over an image of `size`
-/// with `channels` interleaved values per pixel. `acc` folds one weighted input into
-/// the accumulator and `finish` turns it into an output value.
-fn pass<T: Copy, K, A: Copy>(
+/// A pixel value type and how PIL accumulates it: 8-bit values in 22-bit fixed point
+/// with rounding and clipping, floats in f64.
+trait Sample: Copy {
+    type Weight;
+    type Acc: Copy;
+    const INIT: Self::Acc;
+    fn add(acc: Self::Acc, v: Self, k: &Self::Weight) -> Self::Acc;
+    fn finish(acc: Self::Acc) -> Self;
+}
+
+impl Sample for u8 {
+    type Weight = i64;
+    type Acc = i64;
+    const INIT: i64 = 1 << (PRECISION_BITS - 1);
+    fn add(acc: i64, v: u8, k: &i64) -> i64 {
+        acc + i64::from(v) * k
+    }
+    fn finish(acc: i64) -> u8 {
+        (acc >> PRECISION_BITS).clamp(0, 255) as u8
+    }
+}
+
+impl Sample for f32 {
+    type Weight = f64;
+    type Acc = f64;
+    const INIT: f64 = 0.0;
+    fn add(acc: f64, v: f32, k: &f64) -> f64 {
+        acc + f64::from(v) * k
+    }
+    fn finish(acc: f64) -> f32 {
+        acc as f32
+    }
+}
+
+/// One pass, horizontal or `vertical`, over an image of `size` with `channels`
+/// interleaved values per pixel.
+fn pass<T: Sample>(
     src: &[T],
     (w, h): (usize, usize),
     channels: usize,
     vertical: bool,
-    coeffs: &[(usize, Vec<K>)],
-    init: A,
-    acc: impl Fn(A, T, &K) -> A,
-    finish: impl Fn(A) -> T,
+    coeffs: &[(usize, Vec<T::Weight>)],
 ) -> Vec<T> {
     let (out_w, out_h) = if vertical {
         (w, coeffs.len())
@@ -122,15 +152,15 @@ fn pass<T: Copy, K, A: Copy>(
         for x in 0..out_w {
             let (start, k) = &coeffs[if vertical { y } else { x }];
             for c in 0..channels {
-                let v = k.iter().enumerate().fold(init, |a, (i, kw)| {
+                let v = k.iter().enumerate().fold(T::INIT, |a, (i, kw)| {
                     let (sx, sy) = if vertical {
                         (x, start + i)
                     } else {
                         (start + i, y)
                     };
-                    acc(a, src[(sy * w + sx) * channels + c], kw)
+                    T::add(a, src[(sy * w + sx) * channels + c], kw)
                 });
-                out.push(finish(v));
+                out.push(T::finish(v));
             }
         }
     }
@@ -165,17 +195,14 @@ pub(crate) fn resize_u8(
     (out_w, out_h): (usize, usize),
     channels: usize,
 ) -> Vec<u8> {
-    let half = 1i64 << (PRECISION_BITS - 1);
-    let clip8 = |v: i64| (v >> PRECISION_BITS).clamp(0, 255) as u8;
-    let acc = |a: i64, v: u8, k: &i64| a + i64::from(v) * k;
     let horiz = fixed_point(coefficients(filter, w, out_w));
     let vert = fixed_point(coefficients(filter, h, out_h));
     two_pass(
         src,
         (w, h),
         (out_w, out_h),
-        |s, size| pass(s, size, channels, false, &horiz, half, acc, clip8),
-        |s, size| pass(s, size, channels, true, &vert, half, acc, clip8),
+        |s, size| pass(s, size, channels, false, &horiz),
+        |s, size| pass(s, size, channels, true, &vert),
     )
 }
 
@@ -186,16 +213,14 @@ pub(crate) fn resize_f32(
     (w, h): (usize, usize),
     (out_w, out_h): (usize, usize),
 ) -> Vec<f32> {
-    let acc = |a: f64, v: f32, k: &f64| a + f64::from(v) * k;
-    let finish = |a: f64| a as f32;
     let horiz = coefficients(filter, w, out_w);
     let vert = coefficients(filter, h, out_h);
     two_pass(
         src,
         (w, h),
         (out_w, out_h),
-        |s, size| pass(s, size, 1, false, &horiz, 0.0, acc, finish),
-        |s, size| pass(s, size, 1, true, &vert, 0.0, acc, finish),
+        |s, size| pass(s, size, 1, false, &horiz),
+        |s, size| pass(s, size, 1, true, &vert),
     )
 }
 
