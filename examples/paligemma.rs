@@ -75,8 +75,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
 fn load(
     args: &ModelArgs,
 ) -> Result<(Model<Cpu>, image::DynamicImage, f64), Box<dyn std::error::Error>> {
-    let image = image::open(&args.image)
-        .map_err(|e| paligemma::Error::Image(format!("{}: {e}", args.image.display())))?;
+    let image = paligemma::load_image(&args.image)?;
     let start = Instant::now();
     let model = Model::<Cpu>::from_pretrained(&args.model, &Default::default())?;
     Ok((model, image, start.elapsed().as_secs_f64()))

@@ -80,7 +80,7 @@ impl<B: Backend> Model<B> {
     /// use paligemma::{GenerateOptions, Model, backend::Cpu};
     /// let device = Default::default();
     /// let model = Model::<Cpu>::from_pretrained("tests/fixtures/pg1-tiny", &device)?;
-    /// let image = image::open("tests/fixtures/images/photo.png").map_err(|e| paligemma::Error::Image(e.to_string()))?;
+    /// let image = paligemma::load_image("tests/fixtures/images/photo.png")?;
     /// let out = model.generate(&image, "caption en", &GenerateOptions::default().max_new_tokens(8))?;
     /// assert!(!out.generated_ids.is_empty() && out.generated_ids.len() <= 8);
     /// # Ok(()) }

@@ -12,8 +12,7 @@
 //! use paligemma::{GenerateOptions, Model, backend::Cpu};
 //!
 //! let model = Model::<Cpu>::from_pretrained("tests/fixtures/pg2-tiny", &Default::default())?;
-//! let image = image::open("tests/fixtures/images/photo.png")
-//!     .map_err(|e| paligemma::Error::Image(e.to_string()))?;
+//! let image = paligemma::load_image("tests/fixtures/images/photo.png")?;
 //! let out = model.generate(&image, "caption en", &GenerateOptions::default())?;
 //! println!("{}", out.text);
 //! # Ok(()) }
@@ -39,3 +38,4 @@ pub use config::Config;
 pub use error::{Error, Result};
 pub use generate::{GenerateOptions, Generation, Timings};
 pub use model::{ImageEmbedding, Model};
+pub use processor::load_image;

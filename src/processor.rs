@@ -15,6 +15,18 @@ use tokenizers::Tokenizer;
 use crate::error::{Error, Result};
 use crate::resize::{Filter, resize_u8};
 
+/// Open and decode an image file (PNG, JPEG, GIF, BMP, TIFF, WebP).
+pub fn load_image(path: impl AsRef<Path>) -> Result<DynamicImage> {
+    let path = path.as_ref();
+    let reader = image::ImageReader::open(path)
+        .map_err(|e| Error::io(path, e))?
+        .with_guessed_format()
+        .map_err(|e| Error::io(path, e))?;
+    reader
+        .decode()
+        .map_err(|e| Error::Image(format!("cannot decode {}: {e}", path.display())))
+}
+
 /// Preprocess an image into `[3, size, size]` channel-first normalised pixels.
 pub fn preprocess_image(image: &DynamicImage, size: usize) -> Result<Vec<f32>> {
     let (w, h) = (image.width() as usize, image.height() as usize);
