@@ -39,8 +39,7 @@ impl<B: Backend> Linear<B> {
 
     /// `x @ W^T + b` over the last dimension.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let w = self.weight.clone().transpose().unsqueeze::<D>();
-        let y = x.matmul(w);
+        let y = matmul_transposed(x, &self.weight);
         match &self.bias {
             Some(b) => y + b.clone().unsqueeze::<D>(),
             None => y,
@@ -51,6 +50,23 @@ impl<B: Backend> Linear<B> {
     pub fn weight(&self) -> &Tensor<B, 2> {
         &self.weight
     }
+}
+
+/// `x @ W^T` for `x` `[..., in]` and `W` `[out, in]`.
+///
+/// The leading dimensions are flattened so the product is one 2-D matmul against a
+/// transposed view of `W`: CPU backends then stream the weight as stored, while a
+/// batched (3-D) product would first copy the whole weight into a contiguous buffer.
+pub fn matmul_transposed<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    w: &Tensor<B, 2>,
+) -> Tensor<B, D> {
+    let mut dims = x.dims();
+    let d_in = dims[D - 1];
+    let rows = dims[..D - 1].iter().product();
+    let y = x.reshape([rows, d_in]).matmul(w.clone().transpose());
+    dims[D - 1] = w.dims()[0];
+    y.reshape(dims)
 }
 
 /// LayerNorm with affine weight and bias (SigLIP).

@@ -7,7 +7,7 @@ use burn::tensor::{Bool, Int, Tensor, TensorData, backend::Backend};
 use crate::attention::{KvCache, Rope, RowLayout, apply_rope, grouped_attention, prefix_lm_mask};
 use crate::config::{TextArch, TextConfig};
 use crate::error::Result;
-use crate::layers::{Linear, RmsNorm, gelu_tanh};
+use crate::layers::{Linear, RmsNorm, gelu_tanh, matmul_transposed};
 use crate::weights::WeightStore;
 
 const PREFIX: &str = "language_model.model";
@@ -160,8 +160,7 @@ impl<B: Backend> Decoder<B> {
     /// Logits `[batch, seq, vocab]` from final hidden states, through the tied embedding
     /// and the final soft cap.
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        let w = self.embed.clone().transpose().unsqueeze::<3>();
-        let logits = hidden.matmul(w);
+        let logits = matmul_transposed(hidden, &self.embed);
         match self.config.final_logit_softcapping {
             Some(cap) => (logits / cap).tanh() * cap,
             None => logits,
