@@ -380,7 +380,22 @@ def vae_fixture():
     out = ROOT / "vae"
     out.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out / "vae-oid-random.npz", **arrays)
-    save_file({"codes": codes, "masks": masks.contiguous()}, EXPECTED / "vae.safetensors")
+    # Paste two decoded masks into a 320 x 240 image as big_vision's evaluator does:
+    # boxes truncated to pixels, PIL bilinear resize of the float map, threshold at 0.
+    width, height = 320, 240
+    boxes = [[51, 309, 708, 646], [500, 100, 530, 140]]  # y_min, x_min, y_max, x_max
+    text = " ; ".join(
+        "".join(f"<loc{v:04d}>" for v in box) + "".join(f"<seg{int(c):03d}>" for c in codes[i]) + f" obj{i}"
+        for i, box in enumerate(boxes))
+    pasted = np.zeros((len(boxes), height, width), np.uint8)
+    for i, (y1, x1, y2, x2) in enumerate(boxes):
+        y1, y2 = int(y1 / 1023 * height), int(y2 / 1023 * height)
+        x1, x2 = int(x1 / 1023 * width), int(x2 / 1023 * width)
+        small = Image.fromarray(masks[i].numpy().astype(np.float32), mode="F")
+        pasted[i, y1:y2, x1:x2] = np.array(small.resize((x2 - x1, y2 - y1), Image.BILINEAR)) > 0.0
+    save_file({"codes": codes, "masks": masks.contiguous(), "pasted": torch.from_numpy(pasted)},
+              EXPECTED / "vae.safetensors")
+    (EXPECTED / "vae.json").write_text(json.dumps({"text": text, "width": width, "height": height}, indent=1))
 
 
 def main():

@@ -10,6 +10,7 @@ use crate::attention::{KvCache, RowLayout};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::layers::Linear;
+use crate::mask::MaskDecoder;
 use crate::processor::{TextProcessor, preprocess_image};
 use crate::text::Decoder;
 use crate::vision::VisionTower;
@@ -22,6 +23,7 @@ pub struct Model<B: Backend> {
     pub(crate) projector: Linear<B>,
     pub(crate) decoder: Decoder<B>,
     pub(crate) text: TextProcessor,
+    pub(crate) mask_decoder: Option<MaskDecoder<B>>,
     pub(crate) device: B::Device,
 }
 
@@ -37,7 +39,8 @@ pub struct ImageEmbedding<B: Backend> {
 
 impl<B: Backend> Model<B> {
     /// Load a Hugging Face checkpoint directory: `config.json`, `tokenizer.json` and
-    /// `model.safetensors` (or shards with `model.safetensors.index.json`).
+    /// `model.safetensors` (or shards with `model.safetensors.index.json`), plus the
+    /// segmentation decoder `vae-oid.npz` when the directory has one.
     ///
     /// Everything is validated before the model is returned: a missing file or tensor,
     /// a wrong shape or a config that is not PaliGemma is an error, never a partial model.
@@ -78,7 +81,12 @@ impl<B: Backend> Model<B> {
             });
         }
         let store = WeightStore::open_dir(dir)?;
-        Self::from_parts(config, text, &store, device)
+        let mut model = Self::from_parts(config, text, &store, device)?;
+        let vae = dir.join("vae-oid.npz");
+        if vae.is_file() {
+            model.mask_decoder = Some(MaskDecoder::from_npz(&vae, device)?);
+        }
+        Ok(model)
     }
 
     /// Build a model from an already parsed config, tokenizer and weight store.
@@ -104,6 +112,7 @@ impl<B: Backend> Model<B> {
             projector,
             decoder,
             text,
+            mask_decoder: None,
             device: device.clone(),
         })
     }

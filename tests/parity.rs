@@ -142,3 +142,40 @@ fn mask_decoder_matches_pytorch() {
         "decoder differs by {diff} (output scale {scale})"
     );
 }
+
+#[test]
+fn pasted_masks_match_big_vision_evaluator() {
+    let decoder = paligemma::mask::MaskDecoder::<Cpu>::from_npz(
+        fixtures().join("vae/vae-oid-random.npz"),
+        &Default::default(),
+    )
+    .unwrap();
+    let t = expected_tensors("vae");
+    let meta = expected_json("vae");
+    let (w, h) = (
+        meta["width"].as_u64().unwrap() as u32,
+        meta["height"].as_u64().unwrap() as u32,
+    );
+    let (objects, skipped) = paligemma::pipeline::segmentations_from_text(
+        meta["text"].as_str().unwrap(),
+        w,
+        h,
+        &decoder,
+    )
+    .unwrap();
+    assert!(skipped.is_empty(), "{skipped:?}");
+    assert_eq!(objects.len(), 2);
+    let plane = (w * h) as usize;
+    for (i, o) in objects.iter().enumerate() {
+        let expected = &t["pasted"].data[i * plane..(i + 1) * plane];
+        let differing = o
+            .mask
+            .data
+            .iter()
+            .zip(expected)
+            .filter(|(a, b)| **a != (**b > 0.5))
+            .count();
+        assert_eq!(differing, 0, "object {i}: {differing} pixels differ");
+        assert!(o.mask.area() > 0);
+    }
+}

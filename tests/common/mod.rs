@@ -34,6 +34,7 @@ pub fn expected_tensors(name: &str) -> HashMap<String, Expected> {
                     .chunks_exact(8)
                     .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32)
                     .collect(),
+                safetensors::Dtype::U8 => b.iter().map(|&v| f32::from(v)).collect(),
                 d => panic!("{name}: unexpected dtype {d:?}"),
             };
             (
