@@ -1,0 +1,394 @@
+//! Command-line front end for the `paligemma` crate.
+//!
+//! ```text
+//! paligemma generate --model DIR --image FILE --prompt TEXT [--max-new-tokens N]
+//!                    [--ignore-eos] [--top-logits K] [--json]
+//! paligemma caption  --model DIR --image FILE [--lang en] [--json]
+//! paligemma answer   --model DIR --image FILE --question TEXT [--lang en] [--json]
+//! paligemma ocr      --model DIR --image FILE [--json]
+//! paligemma detect   --model DIR --image FILE --object cat [--object dog] [--out annotated.png] [--json]
+//! paligemma segment  --model DIR --image FILE --object cat [--vae vae-oid.npz] [--out annotated.png] [--json]
+//! paligemma parse    --prompt "detect cat" --text OUTPUT --width W --height H [--vae FILE] [--json]
+//! ```
+
+mod draw;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand};
+use paligemma::mask::MaskDecoder;
+use paligemma::pipeline::segmentations_from_text;
+use paligemma::task::{Skipped, Task, parse_detections};
+use paligemma::{GenerateOptions, Generation, Model, Segmentation, backend::Cpu};
+use serde_json::{Value, json};
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+#[derive(Parser)]
+#[command(name = "paligemma", about = "Run PaliGemma vision-language models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a continuation of a raw prompt about an image.
+    Generate(GenerateArgs),
+    /// Caption an image ("caption {lang}").
+    Caption {
+        #[command(flatten)]
+        common: ModelArgs,
+        /// Output language.
+        #[arg(long, default_value = "en")]
+        lang: String,
+    },
+    /// Answer a question about an image ("answer {lang} {question}").
+    Answer {
+        #[command(flatten)]
+        common: ModelArgs,
+        /// The question.
+        #[arg(long)]
+        question: String,
+        /// Language of question and answer.
+        #[arg(long, default_value = "en")]
+        lang: String,
+    },
+    /// Read the text in an image ("ocr").
+    Ocr {
+        #[command(flatten)]
+        common: ModelArgs,
+    },
+    /// Detect objects ("detect a ; b"), boxes in pixels of the image.
+    Detect(ObjectArgs),
+    /// Segment objects ("segment a ; b"), boxes and masks.
+    Segment(ObjectArgs),
+    /// Parse a model output into objects without running the model.
+    Parse(ParseArgs),
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// Checkpoint directory (config.json, tokenizer.json, *.safetensors).
+    #[arg(long)]
+    model: PathBuf,
+    /// Image file.
+    #[arg(long)]
+    image: PathBuf,
+    /// Print one JSON object as the last line of stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    common: ModelArgs,
+    /// The prompt, e.g. "caption en".
+    #[arg(long)]
+    prompt: String,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    /// Keep generating past <eos> (for benchmarks).
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Record the K largest logits of each step.
+    #[arg(long, default_value_t = 0)]
+    top_logits: usize,
+}
+
+#[derive(Args)]
+struct ObjectArgs {
+    #[command(flatten)]
+    common: ModelArgs,
+    /// Object class to find; repeat for several.
+    #[arg(long = "object", required = true)]
+    objects: Vec<String>,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    /// Mask decoder (vae-oid.npz), when the checkpoint directory has none.
+    #[arg(long)]
+    vae: Option<PathBuf>,
+    /// Write the image annotated with boxes, labels and masks here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ParseArgs {
+    /// The prompt the output answers ("detect ..." or "segment ...").
+    #[arg(long)]
+    prompt: String,
+    /// The model's output text.
+    #[arg(long)]
+    text: String,
+    /// Width of the original image.
+    #[arg(long)]
+    width: u32,
+    /// Height of the original image.
+    #[arg(long)]
+    height: u32,
+    /// Mask decoder for segmentation outputs.
+    #[arg(long)]
+    vae: Option<PathBuf>,
+    /// The original image, to draw the objects on (with --out).
+    #[arg(long, requires = "out")]
+    image: Option<PathBuf>,
+    /// Write the annotated image here.
+    #[arg(long, requires = "image")]
+    out: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Res<()> {
+    match cli.command {
+        Command::Generate(args) => {
+            let options = GenerateOptions {
+                max_new_tokens: args.max_new_tokens,
+                ignore_eos: args.ignore_eos,
+                top_logits: args.top_logits,
+            };
+            text_task(&args.common, |m, img| {
+                m.generate(img, &args.prompt, &options)
+            })
+        }
+        Command::Caption { common, lang } => text_task(&common, |m, img| {
+            m.run_task(img, &Task::caption(&lang), &GenerateOptions::default())
+        }),
+        Command::Answer {
+            common,
+            question,
+            lang,
+        } => text_task(&common, |m, img| {
+            m.run_task(
+                img,
+                &Task::answer(&lang, &question),
+                &GenerateOptions::default(),
+            )
+        }),
+        Command::Ocr { common } => text_task(&common, |m, img| {
+            m.run_task(
+                img,
+                &Task::Ocr,
+                &GenerateOptions::default().max_new_tokens(256),
+            )
+        }),
+        Command::Detect(args) => objects(args, false),
+        Command::Segment(args) => objects(args, true),
+        Command::Parse(args) => parse(args),
+    }
+}
+
+fn load(args: &ModelArgs) -> Res<(Model<Cpu>, image::DynamicImage, f64)> {
+    let image = paligemma::load_image(&args.image)?;
+    let start = Instant::now();
+    let model = Model::<Cpu>::from_pretrained(&args.model, &Default::default())?;
+    Ok((model, image, start.elapsed().as_secs_f64()))
+}
+
+fn text_task(
+    args: &ModelArgs,
+    f: impl FnOnce(&Model<Cpu>, &image::DynamicImage) -> paligemma::Result<Generation>,
+) -> Res<()> {
+    let (model, image, load_s) = load(args)?;
+    let out = f(&model, &image)?;
+    if args.json {
+        println!("{}", generation_json(&out, load_s));
+    } else {
+        println!("{}", out.text);
+        eprintln!(
+            "load {load_s:.2}s, prefill {:.2}s, decode {:.3}s for {} tokens",
+            out.timings.prefill_s, out.timings.decode_s, out.timings.tokens
+        );
+    }
+    Ok(())
+}
+
+fn generation_json(out: &Generation, load_s: f64) -> Value {
+    let top: Vec<Vec<(u32, f32)>> = out.top_logits.clone().unwrap_or_default();
+    json!({
+        "prompt_ids": out.prompt_ids,
+        "generated_ids": out.generated_ids,
+        "text": out.text,
+        "top_logits": top,
+        "timings": {
+            "load_s": load_s,
+            "prefill_s": out.timings.prefill_s,
+            "decode_s": out.timings.decode_s,
+            "tokens": out.timings.tokens,
+        },
+    })
+}
+
+fn objects(args: ObjectArgs, segment: bool) -> Res<()> {
+    let (mut model, image, load_s) = load(&args.common)?;
+    if let Some(vae) = &args.vae {
+        model = model.with_mask_decoder(vae)?;
+    }
+    let options = GenerateOptions::default().max_new_tokens(args.max_new_tokens);
+    let (list, skipped, generation) = if segment {
+        let out = model.segment_with(&image, &args.objects, &options)?;
+        let list = out.objects.iter().map(segmentation_json).collect();
+        if let Some(path) = &args.out {
+            save_annotated(&image, path, &segment_annotations(&out.objects))?;
+        }
+        (list, out.skipped, out.generation)
+    } else {
+        let out = model.detect_with(&image, &args.objects, &options)?;
+        let list = out
+            .objects
+            .iter()
+            .map(|d| json!({"label": d.label, "bbox": bbox_json(&d.bbox)}))
+            .collect();
+        if let Some(path) = &args.out {
+            let notes: Vec<_> = out
+                .objects
+                .iter()
+                .map(|d| annotation(&d.label, &d.bbox, None))
+                .collect();
+            save_annotated(&image, path, &notes)?;
+        }
+        (list, out.skipped, out.generation)
+    };
+    report(
+        list,
+        &skipped,
+        Some((&generation, load_s)),
+        args.common.json,
+    );
+    Ok(())
+}
+
+fn parse(args: ParseArgs) -> Res<()> {
+    let segment = args.prompt.trim_start().starts_with("segment");
+    let (list, skipped) = if segment {
+        let vae = args
+            .vae
+            .as_ref()
+            .ok_or("parsing a segmentation output needs --vae vae-oid.npz")?;
+        let decoder = MaskDecoder::<Cpu>::from_npz(vae, &Default::default())?;
+        let (objects, skipped) =
+            segmentations_from_text(&args.text, args.width, args.height, &decoder)?;
+        if let (Some(image), Some(path)) = (&args.image, &args.out) {
+            save_annotated(
+                &paligemma::load_image(image)?,
+                path,
+                &segment_annotations(&objects),
+            )?;
+        }
+        (objects.iter().map(segmentation_json).collect(), skipped)
+    } else {
+        let out = parse_detections(&args.text, args.width, args.height);
+        if let (Some(image), Some(path)) = (&args.image, &args.out) {
+            save_annotated(
+                &paligemma::load_image(image)?,
+                path,
+                &detection_annotations(&out.objects),
+            )?;
+        }
+        let list = out
+            .objects
+            .iter()
+            .map(|o| json!({"label": o.label, "bbox": bbox_json(&o.bbox)}))
+            .collect();
+        (list, out.skipped)
+    };
+    report(list, &skipped, None, args.json);
+    Ok(())
+}
+
+fn bbox_json(b: &paligemma::BoundingBox) -> Value {
+    json!([b.x_min, b.y_min, b.x_max, b.y_max])
+}
+
+fn segmentation_json(s: &Segmentation) -> Value {
+    let rows: Vec<&[f32]> = s.mask64.chunks(64).collect();
+    json!({"label": s.label, "bbox": bbox_json(&s.bbox), "mask64": rows, "mask_area": s.mask.area()})
+}
+
+fn report(
+    list: Vec<Value>,
+    skipped: &[Skipped],
+    generation: Option<(&Generation, f64)>,
+    as_json: bool,
+) {
+    if as_json {
+        let skipped: Vec<Value> = skipped
+            .iter()
+            .map(|s| json!({"text": s.text, "reason": s.reason.to_string()}))
+            .collect();
+        let mut out = json!({"objects": list, "skipped": skipped});
+        if let Some((g, load_s)) = generation {
+            out["text"] = json!(g.text);
+            out["generated_ids"] = json!(g.generated_ids);
+            out["timings"] = json!({"load_s": load_s, "prefill_s": g.timings.prefill_s,
+                "decode_s": g.timings.decode_s, "tokens": g.timings.tokens});
+        }
+        println!("{out}");
+        return;
+    }
+    if let Some((g, _)) = generation {
+        eprintln!("output: {}", g.text);
+    }
+    for o in &list {
+        println!("{}\t{}", o["label"].as_str().unwrap_or(""), o["bbox"]);
+    }
+    for s in skipped {
+        eprintln!("skipped {:?}: {}", s.text, s.reason);
+    }
+}
+
+fn annotation<'a>(
+    label: &'a str,
+    b: &paligemma::BoundingBox,
+    mask: Option<&'a [bool]>,
+) -> draw::Annotation<'a> {
+    draw::Annotation {
+        bbox: (b.x_min, b.y_min, b.x_max, b.y_max),
+        label,
+        mask,
+    }
+}
+
+fn segment_annotations(objects: &[Segmentation]) -> Vec<draw::Annotation<'_>> {
+    objects
+        .iter()
+        .map(|s| annotation(&s.label, &s.bbox, Some(&s.mask.data)))
+        .collect()
+}
+
+fn detection_annotations(objects: &[paligemma::task::ParsedObject]) -> Vec<draw::Annotation<'_>> {
+    objects
+        .iter()
+        .map(|o| annotation(&o.label, &o.bbox, None))
+        .collect()
+}
+
+fn save_annotated(
+    image: &image::DynamicImage,
+    path: &Path,
+    notes: &[draw::Annotation<'_>],
+) -> Res<()> {
+    let mut canvas = image.to_rgb8();
+    draw::annotate(&mut canvas, notes);
+    canvas
+        .save(path)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(())
+}
