@@ -29,8 +29,8 @@ pub fn annotate(image: &mut RgbImage, objects: &[Annotation<'_>]) {
                 let (x, y) = ((idx as u32) % w, (idx as u32) / w);
                 if on && y < h {
                     let p = image.get_pixel_mut(x, y);
-                    for c in 0..3 {
-                        p.0[c] = ((u16::from(p.0[c]) * 3 + u16::from(color[c]) * 2) / 5) as u8;
+                    for (v, &c) in p.0.iter_mut().zip(&color) {
+                        *v = ((u16::from(*v) * 3 + u16::from(c) * 2) / 5) as u8;
                     }
                 }
             }
