@@ -52,21 +52,12 @@ pub(crate) struct RawTensor<'a> {
 
 impl RawTensor<'_> {
     /// Decode the tensor's elements into f32 (exact for f32, bf16 and f16 inputs).
+    ///
+    /// Large tensors are converted on all cores: a 3B checkpoint is billions of values.
     pub fn to_f32(&self) -> Result<Vec<f32>> {
-        let b = self.bytes;
-        let out = match self.dtype {
-            Dtype::F32 => b
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            Dtype::BF16 => b
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            Dtype::F16 => b
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
+        let width = match self.dtype {
+            Dtype::F32 => 4,
+            Dtype::BF16 | Dtype::F16 => 2,
             other => {
                 return Err(Error::TensorDtype {
                     name: self.name.to_string(),
@@ -74,7 +65,38 @@ impl RawTensor<'_> {
                 });
             }
         };
+        let n = self.bytes.len() / width;
+        let mut out = vec![0f32; n];
+        let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+        let chunk = n.div_ceil(threads).max(1 << 20);
+        std::thread::scope(|scope| {
+            for (dst, src) in out.chunks_mut(chunk).zip(self.bytes.chunks(chunk * width)) {
+                scope.spawn(move || convert(self.dtype, src, dst));
+            }
+        });
         Ok(out)
+    }
+}
+
+/// Little-endian `src` values of `dtype` into `dst`.
+fn convert(dtype: Dtype, src: &[u8], dst: &mut [f32]) {
+    match dtype {
+        Dtype::F32 => {
+            for (d, c) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+        // bf16 is the upper half of an f32: widening is a shift, exact for every value.
+        Dtype::BF16 => {
+            for (d, c) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                *d = f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16);
+            }
+        }
+        _ => {
+            for (d, c) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                *d = half::f16::from_le_bytes([c[0], c[1]]).to_f32();
+            }
+        }
     }
 }
 
