@@ -30,6 +30,7 @@ pub mod model;
 pub mod pipeline;
 pub mod processor;
 mod resize;
+mod sampling;
 pub mod task;
 pub mod text;
 pub mod vision;
@@ -37,7 +38,7 @@ pub mod weights;
 
 pub use config::Config;
 pub use error::{Error, Result};
-pub use generate::{GenerateOptions, Generation, Timings};
+pub use generate::{FinishReason, GenerateOptions, Generation, Timings};
 pub use model::{ImageEmbedding, Model};
 pub use pipeline::{Detection, Segmentation, TaskOutput};
 pub use processor::load_image;

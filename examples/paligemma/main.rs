@@ -163,6 +163,7 @@ fn run(cli: Cli) -> Res<()> {
                 max_new_tokens: args.max_new_tokens,
                 ignore_eos: args.ignore_eos,
                 top_logits: args.top_logits,
+                ..Default::default()
             };
             text_task(&args.common, |m, img| {
                 m.generate(img, &args.prompt, &options)

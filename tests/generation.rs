@@ -1,0 +1,175 @@
+//! Sampling, stop rules, streaming, image-embedding reuse and batching.
+
+mod common;
+
+use std::ops::ControlFlow;
+
+use common::{expected_json, fixtures, ids, open_image};
+use paligemma::{FinishReason, GenerateOptions, Model, backend::Cpu};
+
+fn model(name: &str) -> Model<Cpu> {
+    Model::<Cpu>::from_pretrained(fixtures().join(name), &Default::default()).unwrap()
+}
+
+#[test]
+fn batched_greedy_equals_transformers_batch_and_single_prompts() {
+    for name in ["pg1-tiny", "pg2-tiny"] {
+        let model = model(name);
+        let meta = expected_json(name);
+        let cases = &meta["cases"];
+        let order: Vec<&str> = meta["batch"]["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        let images: Vec<_> = order
+            .iter()
+            .map(|c| open_image(cases[c]["image"].as_str().unwrap()))
+            .collect();
+        let inputs: Vec<(&image::DynamicImage, &str)> = order
+            .iter()
+            .zip(&images)
+            .map(|(c, img)| (img, cases[c]["prompt"].as_str().unwrap()))
+            .collect();
+        let options = GenerateOptions::default().max_new_tokens(12);
+        let batch = model.generate_batch(&inputs, &options).unwrap();
+        for (i, (out, case)) in batch.iter().zip(&order).enumerate() {
+            let theirs = ids(&meta["batch"]["generated_ids"][i]);
+            assert_eq!(
+                out.generated_ids, theirs,
+                "{name}/{case}: transformers batch"
+            );
+            let single = model.generate(inputs[i].0, inputs[i].1, &options).unwrap();
+            assert_eq!(
+                out.generated_ids, single.generated_ids,
+                "{name}/{case}: batch vs single"
+            );
+            assert_eq!(out.text, single.text);
+        }
+    }
+}
+
+#[test]
+fn seeded_sampling_is_reproducible_and_top_k_one_is_greedy() {
+    let model = model("pg1-tiny");
+    let image = open_image("photo.png");
+    let sample = |seed| {
+        let o = GenerateOptions::default()
+            .max_new_tokens(12)
+            .sample(1.5, None, 1.0, seed);
+        model
+            .generate(&image, "caption en", &o)
+            .unwrap()
+            .generated_ids
+    };
+    assert_eq!(sample(1), sample(1));
+    assert!(
+        (2..6).any(|s| sample(s) != sample(1)),
+        "different seeds never differed"
+    );
+    let greedy = model
+        .generate(
+            &image,
+            "caption en",
+            &GenerateOptions::default().max_new_tokens(12),
+        )
+        .unwrap();
+    let top1 = GenerateOptions::default()
+        .max_new_tokens(12)
+        .sample(2.0, Some(1), 1.0, 9);
+    assert_eq!(
+        model
+            .generate(&image, "caption en", &top1)
+            .unwrap()
+            .generated_ids,
+        greedy.generated_ids
+    );
+}
+
+#[test]
+fn stop_strings_and_tokens_cut_at_the_right_place() {
+    let model = model("pg1-tiny");
+    let image = open_image("noise.png");
+    let base = GenerateOptions::default().max_new_tokens(12);
+    let full = model.generate(&image, "detect cat ; dog", &base).unwrap();
+    // Stop at a piece of the greedy text that starts after its first character.
+    let chars: Vec<(usize, char)> = full.text.char_indices().collect();
+    assert!(chars.len() > 4, "fixture text too short: {:?}", full.text);
+    let (cut, _) = chars[chars.len() / 2];
+    let stop: String = full.text[cut..].chars().take(2).collect();
+    let expected_end = full.text.find(&stop).unwrap();
+    let out = model
+        .generate(
+            &image,
+            "detect cat ; dog",
+            &base.clone().stop_strings([stop.clone()]),
+        )
+        .unwrap();
+    assert_eq!(out.text, full.text[..expected_end], "stop {stop:?}");
+    assert_eq!(out.finish, FinishReason::StopString);
+    assert!(out.generated_ids.len() < full.generated_ids.len() || expected_end < full.text.len());
+
+    let third = full.generated_ids[2];
+    let first_hit = full.generated_ids.iter().position(|&t| t == third).unwrap();
+    let by_token = GenerateOptions {
+        stop_tokens: vec![third],
+        ..base.clone()
+    };
+    let out = model
+        .generate(&image, "detect cat ; dog", &by_token)
+        .unwrap();
+    assert_eq!(out.generated_ids, full.generated_ids[..=first_hit]);
+    assert_eq!(out.finish, FinishReason::StopToken);
+}
+
+#[test]
+fn streaming_concatenates_to_the_text_and_can_stop() {
+    let model = model("pg2-tiny");
+    for (image, prompt) in [("photo.png", "caption en"), ("rgba.png", "")] {
+        let image = open_image(image);
+        let options = GenerateOptions::default().max_new_tokens(12);
+        let plain = model.generate(&image, prompt, &options).unwrap();
+        let mut pieces = Vec::new();
+        let streamed = model
+            .generate_stream(&image, prompt, &options, |p| {
+                assert!(!p.is_empty());
+                pieces.push(p.to_string());
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        assert_eq!(pieces.concat(), plain.text);
+        assert_eq!(streamed.generated_ids, plain.generated_ids);
+    }
+    let image = open_image("photo.png");
+    let mut calls = 0;
+    let out = model
+        .generate_stream(
+            &image,
+            "caption en",
+            &GenerateOptions::default().max_new_tokens(12),
+            |_| {
+                calls += 1;
+                ControlFlow::Break(())
+            },
+        )
+        .unwrap();
+    assert_eq!(calls, 1);
+    assert_eq!(out.finish, FinishReason::Cancelled);
+    assert!(out.generated_ids.len() < 12);
+}
+
+#[test]
+fn reused_image_embedding_equals_recomputing_it() {
+    let model = model("pg1-tiny");
+    let image = open_image("gray.png");
+    let embedding = model.encode_image(&image).unwrap();
+    let options = GenerateOptions::default().max_new_tokens(12);
+    for prompt in ["caption en", "answer en what is this?"] {
+        let reused = model
+            .generate_with_embedding(&embedding, prompt, &options)
+            .unwrap();
+        let fresh = model.generate(&image, prompt, &options).unwrap();
+        assert_eq!(reused.generated_ids, fresh.generated_ids, "{prompt}");
+    }
+}
