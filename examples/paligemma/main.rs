@@ -74,9 +74,12 @@ struct ModelArgs {
     /// Checkpoint directory (config.json, tokenizer.json, *.safetensors).
     #[arg(long)]
     model: PathBuf,
-    /// Image file.
-    #[arg(long)]
-    image: PathBuf,
+    /// Image file (for `generate --batch`, images come from the batch file).
+    #[arg(long, required_unless_present = "batch")]
+    image: Option<PathBuf>,
+    /// Batch file for `generate`: one {"image": .., "prompt": ..} JSON object per line.
+    #[arg(long, hide = true)]
+    batch: Option<PathBuf>,
     /// Print one JSON object as the last line of stdout.
     #[arg(long)]
     json: bool,
@@ -87,8 +90,26 @@ struct GenerateArgs {
     #[command(flatten)]
     common: ModelArgs,
     /// The prompt, e.g. "caption en".
+    #[arg(long, required_unless_present = "batch")]
+    prompt: Option<String>,
+    /// Sampling temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Sample among the K most likely tokens.
     #[arg(long)]
-    prompt: String,
+    top_k: Option<usize>,
+    /// Sample among the most likely tokens covering this probability.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Sampler seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print text as it is generated.
+    #[arg(long)]
+    stream: bool,
+    /// Sequences per forward pass with --batch.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
     /// Most tokens to generate.
     #[arg(long, default_value_t = 64)]
     max_new_tokens: usize,
@@ -164,9 +185,25 @@ fn run(cli: Cli) -> Res<()> {
                 ignore_eos: args.ignore_eos,
                 top_logits: args.top_logits,
                 ..Default::default()
-            };
+            }
+            .sample(args.temperature, args.top_k, args.top_p, args.seed);
+            if let Some(file) = &args.common.batch {
+                return batch(&args, file, &options);
+            }
+            let prompt = args.prompt.clone().unwrap_or_default();
+            let stream = args.stream;
             text_task(&args.common, |m, img| {
-                m.generate(img, &args.prompt, &options)
+                if !stream {
+                    return m.generate(img, &prompt, &options);
+                }
+                let out = m.generate_stream(img, &prompt, &options, |piece| {
+                    use std::io::Write;
+                    eprint!("{piece}");
+                    let _ = std::io::stderr().flush();
+                    std::ops::ControlFlow::Continue(())
+                });
+                eprintln!();
+                out
             })
         }
         Command::Caption { common, lang } => text_task(&common, |m, img| {
@@ -197,10 +234,59 @@ fn run(cli: Cli) -> Res<()> {
 }
 
 fn load(args: &ModelArgs) -> Res<(Model<Cpu>, image::DynamicImage, f64)> {
-    let image = paligemma::load_image(&args.image)?;
+    let path = args.image.as_ref().ok_or("--image is required")?;
+    let image = paligemma::load_image(path)?;
     let start = Instant::now();
     let model = Model::<Cpu>::from_pretrained(&args.model, &Default::default())?;
     Ok((model, image, start.elapsed().as_secs_f64()))
+}
+
+/// `generate --batch FILE.jsonl`: one JSON result per input line, in input order.
+fn batch(args: &GenerateArgs, file: &Path, options: &GenerateOptions) -> Res<()> {
+    use std::io::IsTerminal;
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let mut jobs = Vec::new();
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let v: Value =
+            serde_json::from_str(line).map_err(|e| format!("{}:{}: {e}", file.display(), n + 1))?;
+        let field = |k: &str| {
+            v[k].as_str().map(str::to_string).ok_or_else(|| {
+                format!("{}:{}: missing string field \"{k}\"", file.display(), n + 1)
+            })
+        };
+        let image_path = PathBuf::from(field("image")?);
+        let image = paligemma::load_image(&image_path)?;
+        jobs.push((image_path, image, field("prompt")?));
+    }
+    let model = Model::<Cpu>::from_pretrained(&args.common.model, &Default::default())?;
+    let bar = indicatif::ProgressBar::new(jobs.len() as u64);
+    if args.common.json && !std::io::stderr().is_terminal() {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let start = Instant::now();
+    for chunk in jobs.chunks(args.batch_size.max(1)) {
+        let inputs: Vec<(&image::DynamicImage, &str)> =
+            chunk.iter().map(|(_, img, p)| (img, p.as_str())).collect();
+        for ((path, _, prompt), out) in chunk.iter().zip(model.generate_batch(&inputs, options)?) {
+            println!(
+                "{}",
+                json!({"image": path, "prompt": prompt, "generated_ids": out.generated_ids, "text": out.text})
+            );
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "{} images in {secs:.2}s ({:.2} images/s)",
+        jobs.len(),
+        jobs.len() as f64 / secs
+    );
+    Ok(())
 }
 
 fn text_task(
