@@ -4,18 +4,19 @@
 
 mod common;
 
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData, backend::Backend};
 use common::*;
 use paligemma::{GenerateOptions, Model, backend::Cpu};
 
 const TOL: f32 = 1e-4;
 
-fn tensor_vec<const D: usize>(t: Tensor<Cpu, D>) -> Vec<f32> {
+fn tensor_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data().convert::<f32>().into_vec::<f32>().unwrap()
 }
 
-fn check_model(name: &str) {
-    let model = Model::<Cpu>::from_pretrained(fixtures().join(name), &Default::default()).unwrap();
+/// Every stage of `name` against the reference, on backend `B`.
+fn check_model<B: Backend>(name: &str, device: &B::Device) {
+    let model = Model::<B>::from_pretrained(fixtures().join(name), device).unwrap();
     let tensors = expected_tensors(name);
     let meta = expected_json(name);
     let max_new = meta["max_new_tokens"].as_u64().unwrap() as usize;
@@ -35,7 +36,7 @@ fn check_model(name: &str) {
         assert!(diff < 1e-5, "{name}/{case}: pixels differ by {diff}");
 
         // Feed the reference pixels so each stage is compared on its own.
-        let pixels = Tensor::<Cpu, 4>::from_data(
+        let pixels = Tensor::<B, 4>::from_data(
             TensorData::new(px.data.clone(), px.shape.clone()),
             model.device(),
         );
@@ -94,12 +95,29 @@ fn check_model(name: &str) {
 
 #[test]
 fn paligemma1_hub_layout_sharded_f32_mqa() {
-    check_model("pg1-tiny");
+    check_model::<Cpu>("pg1-tiny", &Default::default());
 }
 
 #[test]
 fn paligemma2_v5_layout_bf16_gqa_softcap_sliding() {
-    check_model("pg2-tiny");
+    check_model::<Cpu>("pg2-tiny", &Default::default());
+}
+
+#[cfg(feature = "ndarray")]
+#[test]
+fn parity_on_ndarray() {
+    use paligemma::backend::NdArray;
+    check_model::<NdArray>("pg1-tiny", &Default::default());
+    check_model::<NdArray>("pg2-tiny", &Default::default());
+}
+
+/// Runs where a wgpu adapter exists (CI uses Mesa's software Vulkan driver).
+#[cfg(feature = "wgpu")]
+#[test]
+fn parity_on_wgpu() {
+    use paligemma::backend::Wgpu;
+    check_model::<Wgpu>("pg1-tiny", &Default::default());
+    check_model::<Wgpu>("pg2-tiny", &Default::default());
 }
 
 #[test]
