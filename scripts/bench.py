@@ -43,6 +43,25 @@ def ours(args):
             "prompt_tokens": len(r["prompt_ids"]), "generated_ids": r["generated_ids"]}
 
 
+def batch_throughput(args, sizes, count):
+    """Images per second of `generate --batch` over `count` copies of the image and
+    prompt, for each batch size."""
+    import tempfile
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        jobs = Path(tmp) / "jobs.jsonl"
+        jobs.write_text("".join(json.dumps({"image": str(args.image), "prompt": args.prompt}) + "\n"
+                                for _ in range(count)))
+        for size in sizes:
+            proc = subprocess.run([str(CLI), "generate", "--model", str(args.model), "--batch", str(jobs),
+                                   "--batch-size", str(size), "--max-new-tokens", str(args.tokens),
+                                   "--ignore-eos", "--json"], check=True, capture_output=True, text=True)
+            # The CLI times the batches themselves, after loading: "N images in Xs (Y images/s)".
+            rate = [line for line in proc.stderr.splitlines() if "images/s" in line][-1]
+            rows.append((size, float(rate.rsplit("(", 1)[1].split()[0])))
+    return rows
+
+
 def hf_worker(args):
     """Runs inside the child process: load, one-token run, full run."""
     import torch
@@ -98,11 +117,23 @@ def main():
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--hf-worker", action="store_true")
     ap.add_argument("--write", type=Path)
+    ap.add_argument("--batch-sizes", help="comma-separated batch sizes: measure batch throughput instead")
+    ap.add_argument("--batch-images", type=int, default=4)
     args = ap.parse_args()
     if args.hf_worker:
         return hf_worker(args)
     if not CLI.exists():
         sys.exit("build the CLI first: cargo build --release --example paligemma")
+    if args.batch_sizes:
+        sizes = [int(x) for x in args.batch_sizes.split(",")]
+        rows = batch_throughput(args, sizes, args.batch_images)
+        base = rows[0][1]
+        table = ["| batch size | images/s | vs batch size " + str(sizes[0]) + " |", "|---|---|---|"]
+        table += [f"| {size} | {ips:.4f} | {ips / base:.2f}x |" for size, ips in rows]
+        print(f"{args.batch_images} images of `{args.image.name}`, prompt {args.prompt!r}, {args.tokens} new tokens, "
+              f"checkpoint `{args.model.name}`, {cpu_name()}, {os.cpu_count()} cores\n")
+        print("\n".join(table))
+        return
     import torch
     import transformers
 
