@@ -139,13 +139,14 @@ fn preprocessing_matches_pil_processor() {
     }
 }
 
+fn random_vae() -> paligemma::mask::MaskDecoder<Cpu> {
+    let path = fixtures().join("vae/vae-oid-random.npz");
+    paligemma::mask::MaskDecoder::<Cpu>::from_npz(path, &Default::default()).unwrap()
+}
+
 #[test]
 fn mask_decoder_matches_pytorch() {
-    let decoder = paligemma::mask::MaskDecoder::<Cpu>::from_npz(
-        fixtures().join("vae/vae-oid-random.npz"),
-        &Default::default(),
-    )
-    .unwrap();
+    let decoder = random_vae();
     let t = expected_tensors("vae");
     let codes: Vec<[u16; 16]> = t["codes"]
         .data
@@ -163,11 +164,7 @@ fn mask_decoder_matches_pytorch() {
 
 #[test]
 fn pasted_masks_match_big_vision_evaluator() {
-    let decoder = paligemma::mask::MaskDecoder::<Cpu>::from_npz(
-        fixtures().join("vae/vae-oid-random.npz"),
-        &Default::default(),
-    )
-    .unwrap();
+    let decoder = random_vae();
     let t = expected_tensors("vae");
     let meta = expected_json("vae");
     let (w, h) = (
