@@ -17,11 +17,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
+use burn::tensor::backend::Backend;
 use clap::{Args, Parser, Subcommand};
 use paligemma::mask::MaskDecoder;
 use paligemma::pipeline::segmentations_from_text;
 use paligemma::task::{Skipped, Task, parse_detections};
-use paligemma::{GenerateOptions, Generation, Model, Segmentation, backend::Cpu};
+use paligemma::{GenerateOptions, Generation, Model, Segmentation};
 use serde_json::{Value, json};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -31,6 +32,12 @@ type Res<T> = Result<T, Box<dyn std::error::Error>>;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Backend: cpu (burn's flex CPU backend), ndarray, wgpu or cuda[:N].
+    #[arg(long, global = true, default_value = "cpu")]
+    device: String,
+    /// Compute dtype. Only f32 is implemented so far.
+    #[arg(long, global = true, default_value = "f32")]
+    dtype: String,
 }
 
 #[derive(Subcommand)]
@@ -168,7 +175,7 @@ struct ParseArgs {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    match dispatch(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -177,8 +184,59 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Res<()> {
-    match cli.command {
+/// Pick the backend named by `--device`; a backend this build lacks names its feature.
+fn dispatch(cli: Cli) -> Res<()> {
+    if cli.dtype != "f32" {
+        return Err(format!(
+            "--dtype {} is not supported yet: this version computes in f32 on every backend",
+            cli.dtype
+        )
+        .into());
+    }
+    let missing = |feature: &str| -> Res<()> {
+        Err(format!(
+            "--device {} needs the `{feature}` feature: cargo run --release --features {feature} --example paligemma -- ...",
+            cli.device
+        )
+        .into())
+    };
+    let (kind, index) = match cli.device.split_once(':') {
+        Some((k, i)) => (
+            k,
+            i.parse::<usize>()
+                .map_err(|_| format!("bad device index in {:?}", cli.device))?,
+        ),
+        None => (cli.device.as_str(), 0),
+    };
+    match kind {
+        #[cfg(feature = "flex")]
+        "cpu" => run::<paligemma::backend::Flex>(cli.command, &Default::default()),
+        #[cfg(not(feature = "flex"))]
+        "cpu" => missing("flex"),
+        #[cfg(feature = "ndarray")]
+        "ndarray" => run::<paligemma::backend::NdArray>(cli.command, &Default::default()),
+        #[cfg(not(feature = "ndarray"))]
+        "ndarray" => missing("ndarray"),
+        #[cfg(feature = "wgpu")]
+        "wgpu" => run::<paligemma::backend::Wgpu>(cli.command, &Default::default()),
+        #[cfg(not(feature = "wgpu"))]
+        "wgpu" => missing("wgpu"),
+        #[cfg(feature = "cuda")]
+        "cuda" => run::<paligemma::backend::Cuda>(
+            cli.command,
+            &burn::backend::cuda::CudaDevice::new(index),
+        ),
+        #[cfg(not(feature = "cuda"))]
+        "cuda" => missing("cuda"),
+        other => Err(format!(
+            "unknown --device {other:?}: use cpu, ndarray, wgpu or cuda[:N] (index {index})"
+        )
+        .into()),
+    }
+}
+
+fn run<B: Backend>(command: Command, device: &B::Device) -> Res<()> {
+    match command {
         Command::Generate(args) => {
             let options = GenerateOptions {
                 max_new_tokens: args.max_new_tokens,
@@ -188,11 +246,11 @@ fn run(cli: Cli) -> Res<()> {
             }
             .sample(args.temperature, args.top_k, args.top_p, args.seed);
             if let Some(file) = &args.common.batch {
-                return batch(&args, file, &options);
+                return batch::<B>(&args, file, &options, device);
             }
             let prompt = args.prompt.clone().unwrap_or_default();
             let stream = args.stream;
-            text_task(&args.common, |m, img| {
+            text_task::<B>(&args.common, device, |m, img| {
                 if !stream {
                     return m.generate(img, &prompt, &options);
                 }
@@ -206,43 +264,51 @@ fn run(cli: Cli) -> Res<()> {
                 out
             })
         }
-        Command::Caption { common, lang } => text_task(&common, |m, img| {
+        Command::Caption { common, lang } => text_task::<B>(&common, device, |m, img| {
             m.run_task(img, &Task::caption(&lang), &GenerateOptions::default())
         }),
         Command::Answer {
             common,
             question,
             lang,
-        } => text_task(&common, |m, img| {
+        } => text_task::<B>(&common, device, |m, img| {
             m.run_task(
                 img,
                 &Task::answer(&lang, &question),
                 &GenerateOptions::default(),
             )
         }),
-        Command::Ocr { common } => text_task(&common, |m, img| {
+        Command::Ocr { common } => text_task::<B>(&common, device, |m, img| {
             m.run_task(
                 img,
                 &Task::Ocr,
                 &GenerateOptions::default().max_new_tokens(256),
             )
         }),
-        Command::Detect(args) => objects(args, false),
-        Command::Segment(args) => objects(args, true),
-        Command::Parse(args) => parse(args),
+        Command::Detect(args) => objects::<B>(args, false, device),
+        Command::Segment(args) => objects::<B>(args, true, device),
+        Command::Parse(args) => parse::<B>(args, device),
     }
 }
 
-fn load(args: &ModelArgs) -> Res<(Model<Cpu>, image::DynamicImage, f64)> {
+fn load<B: Backend>(
+    args: &ModelArgs,
+    device: &B::Device,
+) -> Res<(Model<B>, image::DynamicImage, f64)> {
     let path = args.image.as_ref().ok_or("--image is required")?;
     let image = paligemma::load_image(path)?;
     let start = Instant::now();
-    let model = Model::<Cpu>::from_pretrained(&args.model, &Default::default())?;
+    let model = Model::<B>::from_pretrained(&args.model, device)?;
     Ok((model, image, start.elapsed().as_secs_f64()))
 }
 
 /// `generate --batch FILE.jsonl`: one JSON result per input line, in input order.
-fn batch(args: &GenerateArgs, file: &Path, options: &GenerateOptions) -> Res<()> {
+fn batch<B: Backend>(
+    args: &GenerateArgs,
+    file: &Path,
+    options: &GenerateOptions,
+    device: &B::Device,
+) -> Res<()> {
     use std::io::IsTerminal;
     let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
     let mut jobs = Vec::new();
@@ -262,7 +328,7 @@ fn batch(args: &GenerateArgs, file: &Path, options: &GenerateOptions) -> Res<()>
         let image = paligemma::load_image(&image_path)?;
         jobs.push((image_path, image, field("prompt")?));
     }
-    let model = Model::<Cpu>::from_pretrained(&args.common.model, &Default::default())?;
+    let model = Model::<B>::from_pretrained(&args.common.model, device)?;
     let bar = indicatif::ProgressBar::new(jobs.len() as u64);
     if args.common.json && !std::io::stderr().is_terminal() {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -289,11 +355,12 @@ fn batch(args: &GenerateArgs, file: &Path, options: &GenerateOptions) -> Res<()>
     Ok(())
 }
 
-fn text_task(
+fn text_task<B: Backend>(
     args: &ModelArgs,
-    f: impl FnOnce(&Model<Cpu>, &image::DynamicImage) -> paligemma::Result<Generation>,
+    device: &B::Device,
+    f: impl FnOnce(&Model<B>, &image::DynamicImage) -> paligemma::Result<Generation>,
 ) -> Res<()> {
-    let (model, image, load_s) = load(args)?;
+    let (model, image, load_s) = load::<B>(args, device)?;
     let out = f(&model, &image)?;
     if args.json {
         println!("{}", generation_json(&out, load_s));
@@ -323,8 +390,8 @@ fn generation_json(out: &Generation, load_s: f64) -> Value {
     })
 }
 
-fn objects(args: ObjectArgs, segment: bool) -> Res<()> {
-    let (mut model, image, load_s) = load(&args.common)?;
+fn objects<B: Backend>(args: ObjectArgs, segment: bool, device: &B::Device) -> Res<()> {
+    let (mut model, image, load_s) = load::<B>(&args.common, device)?;
     if let Some(vae) = &args.vae {
         model = model.with_mask_decoder(vae)?;
     }
@@ -362,14 +429,14 @@ fn objects(args: ObjectArgs, segment: bool) -> Res<()> {
     Ok(())
 }
 
-fn parse(args: ParseArgs) -> Res<()> {
+fn parse<B: Backend>(args: ParseArgs, device: &B::Device) -> Res<()> {
     let segment = args.prompt.trim_start().starts_with("segment");
     let (list, skipped) = if segment {
         let vae = args
             .vae
             .as_ref()
             .ok_or("parsing a segmentation output needs --vae vae-oid.npz")?;
-        let decoder = MaskDecoder::<Cpu>::from_npz(vae, &Default::default())?;
+        let decoder = MaskDecoder::<B>::from_npz(vae, device)?;
         let (objects, skipped) =
             segmentations_from_text(&args.text, args.width, args.height, &decoder)?;
         if let (Some(image), Some(path)) = (&args.image, &args.out) {
