@@ -167,6 +167,10 @@ pub struct Generation {
     pub timings: Timings,
 }
 
+/// Where streamed text goes: `(row, piece)`.
+type TextSink<'a> = &'a mut TextFn<'a>;
+type TextFn<'a> = dyn FnMut(usize, &str) -> ControlFlow<()> + 'a;
+
 /// One sequence being generated.
 struct Row {
     prompt: Vec<u32>,
@@ -197,7 +201,10 @@ impl<B: Backend> Model<B> {
         prompt: &str,
         options: &GenerateOptions,
     ) -> Result<Generation> {
-        self.generate_stream(image, prompt, options, |_| ControlFlow::Continue(()))
+        options.validate()?;
+        let start = Instant::now();
+        let embedding = self.encode_image(image)?;
+        self.generate_one(&embedding, prompt, options, start, None)
     }
 
     /// Generate, calling `on_text` with each new piece of text as soon as it is final
@@ -229,11 +236,13 @@ impl<B: Backend> Model<B> {
         options.validate()?;
         let start = Instant::now();
         let embedding = self.encode_image(image)?;
-        let mut out = self.decode(&[(&embedding, prompt)], options, start, &mut |_, t| {
-            on_text(t)
-        })?;
-        out.pop()
-            .ok_or_else(|| Error::Backend("no generation produced".into()))
+        self.generate_one(
+            &embedding,
+            prompt,
+            options,
+            start,
+            Some(&mut |_, t| on_text(t)),
+        )
     }
 
     /// Generate from an image embedding computed earlier with [`Model::encode_image`]:
@@ -245,13 +254,19 @@ impl<B: Backend> Model<B> {
         options: &GenerateOptions,
     ) -> Result<Generation> {
         options.validate()?;
-        let mut out = self.decode(
-            &[(embedding, prompt)],
-            options,
-            Instant::now(),
-            &mut |_, _| ControlFlow::Continue(()),
-        )?;
-        out.pop()
+        self.generate_one(embedding, prompt, options, Instant::now(), None)
+    }
+
+    fn generate_one(
+        &self,
+        embedding: &ImageEmbedding<B>,
+        prompt: &str,
+        options: &GenerateOptions,
+        start: Instant,
+        on_text: Option<TextSink<'_>>,
+    ) -> Result<Generation> {
+        self.decode(&[(embedding, prompt)], options, start, on_text)?
+            .pop()
             .ok_or_else(|| Error::Backend("no generation produced".into()))
     }
 
@@ -273,12 +288,7 @@ impl<B: Backend> Model<B> {
             .zip(inputs)
             .map(|(e, (_, p))| (e, *p))
             .collect();
-        self.decode(
-            &pairs,
-            options,
-            start,
-            &mut |_, _| ControlFlow::Continue(()),
-        )
+        self.decode(&pairs, options, start, None)
     }
 
     fn decode(
@@ -286,7 +296,7 @@ impl<B: Backend> Model<B> {
         inputs: &[(&ImageEmbedding<B>, &str)],
         options: &GenerateOptions,
         start: Instant,
-        on_text: &mut dyn FnMut(usize, &str) -> ControlFlow<()>,
+        mut on_text: Option<TextSink<'_>>,
     ) -> Result<Vec<Generation>> {
         if inputs.is_empty() {
             return Ok(Vec::new());
@@ -371,7 +381,7 @@ impl<B: Backend> Model<B> {
                 let token = row.sampler.next(step, &history);
                 row.generated.push(token);
                 next.push(vec![token]);
-                self.after_token(i, row, token, &stops, options, on_text)?;
+                self.after_token(i, row, token, &stops, options, on_text.as_deref_mut())?;
             }
             if rows.iter().all(|r| r.finish.is_some()) {
                 break;
@@ -402,7 +412,8 @@ impl<B: Backend> Model<B> {
             .collect())
     }
 
-    /// Update a row's text, check its stop rules and stream what became final.
+    /// Check a row's stop rules and stream what became final. The text is decoded
+    /// every step only when stop strings or a stream need it, else once at the end.
     fn after_token(
         &self,
         index: usize,
@@ -410,12 +421,17 @@ impl<B: Backend> Model<B> {
         token: u32,
         stops: &[u32],
         options: &GenerateOptions,
-        on_text: &mut dyn FnMut(usize, &str) -> ControlFlow<()>,
+        on_text: Option<&mut TextFn<'_>>,
     ) -> Result<()> {
-        row.text = self.text.decode(&row.generated)?;
         if stops.contains(&token) {
             row.finish = Some(FinishReason::StopToken);
+        } else if row.generated.len() >= options.max_new_tokens {
+            row.finish = Some(FinishReason::Length);
         }
+        if on_text.is_none() && options.stop_strings.is_empty() && row.finish.is_none() {
+            return Ok(());
+        }
+        row.text = self.text.decode(&row.generated)?;
         if let Some(cut) = options
             .stop_strings
             .iter()
@@ -425,9 +441,9 @@ impl<B: Backend> Model<B> {
             row.text.truncate(cut);
             row.finish = Some(FinishReason::StopString);
         }
-        if row.finish.is_none() && row.generated.len() >= options.max_new_tokens {
-            row.finish = Some(FinishReason::Length);
-        }
+        let Some(on_text) = on_text else {
+            return Ok(());
+        };
         let safe = if row.finish.is_some() {
             row.text.len()
         } else {
