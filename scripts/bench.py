@@ -6,9 +6,15 @@ checkpoint, image, prompt and number of new tokens, on this machine.
     python scripts/make_random_checkpoint.py --variant pg1-3b-224 --out /tmp/pg1-3b-224
     python scripts/bench.py --model /tmp/pg1-3b-224 [--tokens 32] [--write docs/benchmarks.md]
 
-Each system runs in its own process under /usr/bin/time, which gives its peak RSS.
+Each system runs in its own process; its peak RSS comes from wait4(2).
 transformers runs with torch's thread count set to the number of cores; eos is
 suppressed on both sides so every run generates exactly --tokens tokens.
+
+    python scripts/bench.py --model DIR --gpu [--cli PATH]
+
+times the CLI on cuda (f32, f16, bf16) and wgpu (f32, f16) against transformers on
+cuda (float32, bfloat16), each after one warm-up generation (GPU kernels compile and
+tune on first use); scripts/gpu_check.sh runs it.
 """
 
 import argparse
@@ -24,18 +30,37 @@ ROOT = Path(__file__).resolve().parent.parent
 CLI = ROOT / "target" / "release" / "examples" / "paligemma"
 
 
-def timed(cmd, env=None):
-    """Run cmd under /usr/bin/time; return (stdout, peak RSS in GB)."""
-    proc = subprocess.run(["/usr/bin/time", "-f", "MAXRSS_KB %M", *cmd], capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        sys.exit(f"command failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
-    rss = [line for line in proc.stderr.splitlines() if line.startswith("MAXRSS_KB")]
-    return proc.stdout, int(rss[-1].split()[1]) / 1024 / 1024
+class Failed(Exception):
+    pass
 
 
-def ours(args):
-    out, rss = timed([str(CLI), "generate", "--model", str(args.model), "--image", str(args.image),
-                      "--prompt", args.prompt, "--max-new-tokens", str(args.tokens), "--ignore-eos", "--json"])
+def timed(cmd, timeout=None):
+    """Run cmd; return (stdout, peak RSS in GB). Raises Failed on a non-zero exit or
+    after `timeout` seconds."""
+    import tempfile
+    import threading
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        timer = threading.Timer(timeout, proc.kill) if timeout else None
+        if timer:
+            timer.start()
+        # wait4 rather than Popen.wait: it also returns the child's peak RSS.
+        _, status, usage = os.wait4(proc.pid, 0)
+        if timer:
+            timer.cancel()
+        proc.returncode = code = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if code != 0:
+        raise Failed(f"command failed ({code}): {' '.join(cmd)}\n{stderr[-3000:]}")
+    return stdout, usage.ru_maxrss / 1024 / 1024
+
+
+def ours(args, device="cpu", dtype="f32", warmup=0, timeout=None):
+    out, rss = timed([str(args.cli), "--device", device, "--dtype", dtype, "generate", "--model", str(args.model),
+                      "--image", str(args.image), "--prompt", args.prompt, "--max-new-tokens", str(args.tokens),
+                      "--ignore-eos", "--json", "--warmup", str(warmup)], timeout)
     r = json.loads(out.strip().splitlines()[-1])
     t = r["timings"]
     return {"load_s": t["load_s"], "ttft_s": t["prefill_s"],
@@ -53,7 +78,7 @@ def batch_throughput(args, sizes, count):
         jobs.write_text("".join(json.dumps({"image": str(args.image), "prompt": args.prompt}) + "\n"
                                 for _ in range(count)))
         for size in sizes:
-            proc = subprocess.run([str(CLI), "generate", "--model", str(args.model), "--batch", str(jobs),
+            proc = subprocess.run([str(args.cli), "generate", "--model", str(args.model), "--batch", str(jobs),
                                    "--batch-size", str(size), "--max-new-tokens", str(args.tokens),
                                    "--ignore-eos", "--json"], check=True, capture_output=True, text=True)
             # The CLI times the batches themselves, after loading: "N images in Xs (Y images/s)".
@@ -69,30 +94,39 @@ def hf_worker(args):
     from transformers import PaliGemmaForConditionalGeneration, PaliGemmaProcessor
 
     torch.set_num_threads(os.cpu_count() or 1)
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    device = args.hf_device
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     t0 = time.perf_counter()
-    model = PaliGemmaForConditionalGeneration.from_pretrained(args.model, dtype=dtype).eval()
+    model = PaliGemmaForConditionalGeneration.from_pretrained(args.model, dtype=dtype).to(device).eval()
     processor = PaliGemmaProcessor.from_pretrained(args.model)
+    sync()
     load_s = time.perf_counter() - t0
-    inputs = processor(text=args.prompt, images=Image.open(args.image), return_tensors="pt")
+    inputs = processor(text=args.prompt, images=Image.open(args.image), return_tensors="pt").to(device)
     inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
     kw = dict(do_sample=False, suppress_tokens=[model.config.eos_token_id])
     with torch.inference_mode():
+        for _ in range(args.warmup):
+            model.generate(**inputs, max_new_tokens=2, min_new_tokens=2, **kw)
+        sync()
         t0 = time.perf_counter()
         model.generate(**inputs, max_new_tokens=1, **kw)
+        sync()
         ttft = time.perf_counter() - t0
         t0 = time.perf_counter()
         out = model.generate(**inputs, max_new_tokens=args.tokens, min_new_tokens=args.tokens, **kw)
+        sync()
         full = time.perf_counter() - t0
     ids = out[0, inputs["input_ids"].shape[1]:].tolist()
     print(json.dumps({"load_s": load_s, "ttft_s": ttft, "decode_ms": 1000 * (full - ttft) / (args.tokens - 1),
                       "prompt_tokens": inputs["input_ids"].shape[1], "generated_ids": ids}))
 
 
-def hf(args, dtype):
+def hf(args, dtype, device="cpu", warmup=0, timeout=None):
     cmd = [sys.executable, __file__, "--hf-worker", "--dtype", dtype, "--model", str(args.model),
-           "--image", str(args.image), "--prompt", args.prompt, "--tokens", str(args.tokens)]
-    out, rss = timed(cmd)
+           "--image", str(args.image), "--prompt", args.prompt, "--tokens", str(args.tokens),
+           "--hf-device", device, "--warmup", str(warmup)]
+    out, rss = timed(cmd, timeout)
     r = json.loads(out.strip().splitlines()[-1])
     r["rss_gb"] = rss
     return r
@@ -119,11 +153,18 @@ def main():
     ap.add_argument("--write", type=Path)
     ap.add_argument("--batch-sizes", help="comma-separated batch sizes: measure batch throughput instead")
     ap.add_argument("--batch-images", type=int, default=4)
+    ap.add_argument("--cli", type=Path, default=CLI, help="the paligemma example binary")
+    ap.add_argument("--gpu", action="store_true", help="time cuda and wgpu against transformers on cuda")
+    ap.add_argument("--timeout", type=float, default=240, help="seconds per run in --gpu mode")
+    ap.add_argument("--hf-device", default="cpu", help=argparse.SUPPRESS)
+    ap.add_argument("--warmup", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.hf_worker:
         return hf_worker(args)
-    if not CLI.exists():
+    if not args.cli.exists():
         sys.exit("build the CLI first: cargo build --release --example paligemma")
+    if args.gpu:
+        return gpu(args)
     if args.batch_sizes:
         sizes = [int(x) for x in args.batch_sizes.split(",")]
         rows = batch_throughput(args, sizes, args.batch_images)
@@ -137,8 +178,11 @@ def main():
     import torch
     import transformers
 
-    results = {"ours (f32)": ours(args), "transformers float32": hf(args, "float32"),
-               "transformers bfloat16": hf(args, "bfloat16")}
+    try:
+        results = {"ours (f32)": ours(args), "transformers float32": hf(args, "float32"),
+                   "transformers bfloat16": hf(args, "bfloat16")}
+    except Failed as e:
+        sys.exit(str(e))
     base32, base16 = results["transformers float32"], results["transformers bfloat16"]
     keys = [("load_s", "load s"), ("ttft_s", "time to first token s"), ("decode_ms", "decode ms/token"),
             ("rss_gb", "peak RSS GB")]
@@ -168,6 +212,41 @@ def main():
         else:
             text = text.rstrip() + "\n\n" + block + "\n"
         args.write.write_text(text)
+
+
+def gpu(args):
+    """One table: our CLI on cuda and wgpu in each dtype, transformers on cuda."""
+    # Most informative first, so a run cut short by the machine's time still says most.
+    runs = [("ours cuda bf16", lambda: ours(args, "cuda", "bf16", 1, args.timeout)),
+            ("transformers cuda bfloat16", lambda: hf(args, "bfloat16", "cuda", 1, args.timeout)),
+            ("ours cuda f16", lambda: ours(args, "cuda", "f16", 1, args.timeout)),
+            ("ours cuda f32", lambda: ours(args, "cuda", "f32", 1, args.timeout)),
+            ("transformers cuda float32", lambda: hf(args, "float32", "cuda", 1, args.timeout)),
+            ("ours wgpu f16", lambda: ours(args, "wgpu", "f16", 1, args.timeout)),
+            ("ours wgpu f32", lambda: ours(args, "wgpu", "f32", 1, args.timeout))]
+    keys = [("load_s", "load s"), ("ttft_s", "time to first token s"), ("decode_ms", "decode ms/token")]
+    lines = [f"| | {' | '.join(label for _, label in keys)} | same greedy ids as transformers f32 |",
+             "|---" * (len(keys) + 2) + "|"]
+    results = {}
+    for name, run in runs:
+        t0 = time.perf_counter()
+        try:
+            results[name] = run()
+        except Failed as e:
+            print(f"{name}: {e}", file=sys.stderr, flush=True)
+            lines.append(f"| {name} | failed: see log |" + " |" * len(keys))
+            continue
+        print(f"{name}: {results[name]} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+    ref = results.get("transformers cuda float32", {}).get("generated_ids")
+    for name, r in results.items():
+        same = "" if ref is None else str(r["generated_ids"] == ref)
+        lines.append(f"| {name} | " + " | ".join(f"{r[k]:.3g}" for k, _ in keys) + f" | {same} |")
+    for mine, theirs in [("ours cuda f32", "transformers cuda float32"), ("ours cuda bf16", "transformers cuda bfloat16"),
+                         ("ours cuda f16", "transformers cuda bfloat16")]:
+        if mine in results and theirs in results:
+            a, b = results[mine], results[theirs]
+            lines.append(f"| {mine} / {theirs} | " + " | ".join(f"{a[k] / b[k]:.2f}" for k, _ in keys) + " | |")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

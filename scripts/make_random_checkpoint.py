@@ -32,7 +32,8 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_fixtures import gemma_style, train_pieces, write_hub_processor_files  # noqa: E402
+
+TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "preprocessor_config.json"]
 
 TEXT_STD = 0.04
 EMBED_STD = 0.02
@@ -76,6 +77,8 @@ there are three people in this picture, one of them is holding an umbrella.
 
 
 def build_tokenizer() -> Tokenizer:
+    from make_fixtures import gemma_style, train_pieces
+
     specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
     pieces = specials + [f"<unused{i}>" for i in range(106 - len(specials))]
     pieces += ["<start_of_turn>", "<end_of_turn>", "\n"]  # 106, 107, 108 as in Gemma
@@ -237,6 +240,9 @@ def main():
     ap.add_argument("--check-only", action="store_true", help="skip writing; only run --check on --out")
     ap.add_argument("--prompt", default="caption en")
     ap.add_argument("--tokens", type=int, default=4)
+    ap.add_argument("--tokenizer-from", type=Path, metavar="DIR",
+                    help="copy the tokenizer and processor files from a checkpoint this script made "
+                         "(for machines without this script's training dependencies)")
     args = ap.parse_args()
     if args.check_only:
         if not args.check:
@@ -281,7 +287,13 @@ def main():
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     config = hub_config(spec["image_size"], spec["text"], dtype_name)
     (args.out / "config.json").write_text(json.dumps(config, indent=2))
-    write_hub_processor_files(build_tokenizer(), args.out, spec["image_size"], has_mask_token=True)
+    if args.tokenizer_from:
+        import shutil
+        for name in TOKENIZER_FILES:
+            shutil.copy(args.tokenizer_from / name, args.out / name)
+    else:
+        from make_fixtures import write_hub_processor_files
+        write_hub_processor_files(build_tokenizer(), args.out, spec["image_size"], has_mask_token=True)
     print(f"wrote {args.out}: {n} shards, {total / 1e9:.2f} GB in {time.perf_counter() - t0:.0f} s")
     if args.check:
         check(args.out, args.check, args.prompt, args.tokens)

@@ -1,7 +1,8 @@
 //! Decoder attention: rotary embeddings, the prefix-LM mask and the KV cache.
 
 use burn::tensor::{
-    Bool, Tensor, TensorData, backend::Backend, module::attention, ops::AttentionModuleOptions,
+    Bool, DType, FloatDType, Tensor, TensorData, backend::Backend, module::attention,
+    ops::AttentionModuleOptions,
 };
 
 /// Half-split rotary embedding tables (`rotate_half` convention).
@@ -20,11 +21,13 @@ impl Rope {
         Rope { inv_freq }
     }
 
-    /// `(cos, sin)` tables `[batch, 1, seq, head_dim]` for per-row positions.
+    /// `(cos, sin)` tables `[batch, 1, seq, head_dim]` for per-row positions, computed
+    /// in f32 and stored in `dtype` (the dtype of the queries and keys they rotate).
     pub fn tables<B: Backend>(
         &self,
         positions: &[Vec<usize>],
         device: &B::Device,
+        dtype: DType,
     ) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let b = positions.len();
         let s = positions.first().map_or(0, Vec::len);
@@ -43,8 +46,8 @@ impl Rope {
         }
         let shape = [b, 1, s, d];
         (
-            Tensor::from_data(TensorData::new(cos, shape), device),
-            Tensor::from_data(TensorData::new(sin, shape), device),
+            Tensor::from_data(TensorData::new(cos, shape), (device, dtype)),
+            Tensor::from_data(TensorData::new(sin, shape), (device, dtype)),
         )
     }
 }
@@ -127,7 +130,7 @@ pub struct KvCache<B: Backend> {
 }
 
 impl<B: Backend> KvCache<B> {
-    /// Allocate a cache for `capacity` positions.
+    /// Allocate a cache for `capacity` positions of `dtype` keys and values.
     pub fn new(
         layers: usize,
         batch: usize,
@@ -135,8 +138,10 @@ impl<B: Backend> KvCache<B> {
         capacity: usize,
         head_dim: usize,
         device: &B::Device,
+        dtype: DType,
     ) -> Self {
-        let zeros = || Some(Tensor::zeros([batch, kv_heads, capacity, head_dim], device));
+        let shape = [batch, kv_heads, capacity, head_dim];
+        let zeros = || Some(Tensor::zeros(shape, (device, dtype)));
         KvCache {
             layers: (0..layers)
                 .map(|_| LayerCache {
@@ -199,38 +204,46 @@ impl<B: Backend> KvCache<B> {
     }
 }
 
-/// Scaled dot-product attention with grouped key/value heads.
+/// Scaled dot-product attention with grouped key/value heads; `mask` is `true` where
+/// attention is not allowed (`None`: every key visible).
 ///
 /// The `heads / kv_heads` query heads that share a key/value head are folded into the
-/// sequence axis, so keys and values are used as they are, never repeated.
+/// sequence axis, so keys and values are used as they are, never repeated. Scores and
+/// softmax run in f32 whatever the compute dtype, as the reference keeps them.
 pub fn grouped_attention<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
-    mask: &Tensor<B, 4, Bool>,
+    mask: Option<&Tensor<B, 4, Bool>>,
     scale: f64,
     softcap: Option<f64>,
 ) -> Tensor<B, 4> {
     let [b, heads, s, d] = q.dims();
     let kv_heads = k.dims()[1];
     let group = heads / kv_heads;
-    let q = q.reshape([b, kv_heads, group * s, d]);
-    let mask = if group == 1 {
-        mask.clone()
-    } else {
-        // [b, 1, s, kv] -> [b, 1, group * s, kv], the same rows for every folded head.
-        let [mb, _, ms, mk] = mask.dims();
-        mask.clone()
-            .unsqueeze_dim::<5>(1)
-            .expand([mb, group, 1, ms, mk])
-            .reshape([mb, 1, group * ms, mk])
-    };
+    let dtype = q.dtype();
+    let f32 = |t: Tensor<B, 4>| t.cast(FloatDType::F32);
+    let q = f32(q.reshape([b, kv_heads, group * s, d]));
+    let mask = mask.map(|mask| {
+        if group == 1 {
+            mask.clone()
+        } else {
+            // [b, 1, s, kv] -> [b, 1, group * s, kv], the same rows for every folded head.
+            let [mb, _, ms, mk] = mask.dims();
+            mask.clone()
+                .unsqueeze_dim::<5>(1)
+                .expand([mb, group, 1, ms, mk])
+                .reshape([mb, 1, group * ms, mk])
+        }
+    });
     let options = AttentionModuleOptions {
         scale: Some(scale),
         softcap,
         is_causal: false,
     };
-    attention(q, k, v, Some(mask), None, options).reshape([b, heads, s, d])
+    attention(q, f32(k), f32(v), mask, None, options)
+        .cast(dtype)
+        .reshape([b, heads, s, d])
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Small building blocks shared by the vision tower and the decoder.
 
-use burn::tensor::{Tensor, TensorPrimitive, backend::Backend};
+use burn::tensor::{FloatDType, Tensor, TensorPrimitive, backend::Backend};
 
 use crate::error::Result;
 use crate::weights::WeightStore;
@@ -86,20 +86,22 @@ impl<B: Backend> LayerNorm<B> {
         device: &B::Device,
     ) -> Result<Self> {
         Ok(LayerNorm {
-            gamma: store.tensor(&format!("{prefix}.weight"), [dim], device)?,
-            beta: store.tensor(&format!("{prefix}.bias"), [dim], device)?,
+            gamma: store.tensor_f32(&format!("{prefix}.weight"), [dim], device)?,
+            beta: store.tensor_f32(&format!("{prefix}.bias"), [dim], device)?,
             eps,
         })
     }
 
-    /// Normalise over the last dimension.
+    /// Normalise over the last dimension (in f32, returned in `x`'s dtype).
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        Tensor::from_primitive(TensorPrimitive::Float(B::layer_norm(
-            x.into_primitive().tensor(),
-            self.gamma.clone().into_primitive().tensor(),
-            Some(self.beta.clone().into_primitive().tensor()),
-            self.eps,
-        )))
+        in_f32(x, |x| {
+            Tensor::from_primitive(TensorPrimitive::Float(B::layer_norm(
+                x.into_primitive().tensor(),
+                self.gamma.clone().into_primitive().tensor(),
+                Some(self.beta.clone().into_primitive().tensor()),
+                self.eps,
+            )))
+        })
     }
 }
 
@@ -118,27 +120,43 @@ impl<B: Backend> RmsNorm<B> {
         eps: f64,
         device: &B::Device,
     ) -> Result<Self> {
-        let w: Tensor<B, 1> = store.tensor(&format!("{name}.weight"), [dim], device)?;
+        let w: Tensor<B, 1> = store.tensor_f32(&format!("{name}.weight"), [dim], device)?;
         Ok(RmsNorm {
             scale: w + 1.0,
             eps,
         })
     }
 
-    /// Normalise over the last dimension.
+    /// Normalise over the last dimension (in f32, returned in `x`'s dtype).
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let mean_sq = x.clone().powi_scalar(2).mean_dim(D - 1);
-        let inv = (mean_sq + self.eps).sqrt().recip();
-        x * inv * self.scale.clone().unsqueeze::<D>()
+        in_f32(x, |x| {
+            let mean_sq = x.clone().powi_scalar(2).mean_dim(D - 1);
+            let inv = (mean_sq + self.eps).sqrt().recip();
+            x * inv * self.scale.clone().unsqueeze::<D>()
+        })
     }
 }
 
 /// GELU with the tanh approximation (`gelu_pytorch_tanh`), used by both towers.
+///
+/// Computed in f32 and rounded once, as PyTorch's kernel does for half types.
 pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), with the cube as products: a
     // backend's powf may go through exp/log and lose precision.
     const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
-    let cube = x.clone() * x.clone() * x.clone();
-    let inner = (x.clone() + cube * 0.044715) * SQRT_2_OVER_PI;
-    x * (inner.tanh() + 1.0) * 0.5
+    in_f32(x, |x| {
+        let cube = x.clone() * x.clone() * x.clone();
+        let inner = (x.clone() + cube * 0.044715) * SQRT_2_OVER_PI;
+        x * (inner.tanh() + 1.0) * 0.5
+    })
+}
+
+/// Run `f` on `x` widened to f32 and return the result in `x`'s dtype (no-op casts
+/// when the model computes in f32).
+pub fn in_f32<B: Backend, const D: usize, const E: usize>(
+    x: Tensor<B, D>,
+    f: impl FnOnce(Tensor<B, D>) -> Tensor<B, E>,
+) -> Tensor<B, E> {
+    let dtype = x.dtype();
+    f(x.cast(FloatDType::F32)).cast(dtype)
 }

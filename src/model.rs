@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::layers::Linear;
 use crate::mask::MaskDecoder;
+use crate::precision::{Dtype, LoadOptions};
 use crate::processor::{TextProcessor, preprocess_image};
 use crate::text::Decoder;
 use crate::vision::VisionTower;
@@ -44,7 +45,32 @@ impl<B: Backend> Model<B> {
     ///
     /// Everything is validated before the model is returned: a missing file or tensor,
     /// a wrong shape or a config that is not PaliGemma is an error, never a partial model.
+    /// Computes in f32; see [`Model::from_pretrained_with`] for half precision.
     pub fn from_pretrained(dir: impl AsRef<Path>, device: &B::Device) -> Result<Self> {
+        Self::from_pretrained_with(dir, device, &LoadOptions::default())
+    }
+
+    /// [`Model::from_pretrained`] with options: the compute dtype, into which weights
+    /// are converted from whatever the checkpoint stores.
+    ///
+    /// ```
+    /// # fn main() -> paligemma::Result<()> {
+    /// use paligemma::{Dtype, LoadOptions, Model, backend::Cpu};
+    ///
+    /// let options = LoadOptions { dtype: Dtype::Bf16 };
+    /// let model = Model::<Cpu>::from_pretrained_with("tests/fixtures/pg2-tiny", &Default::default(), &options)?;
+    /// assert_eq!(model.dtype(), Dtype::Bf16);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// A dtype the backend cannot compute in on `device` (bf16 on wgpu, f16 on a GPU
+    /// without half-precision shaders) is an [`Error::Backend`] before anything loads.
+    pub fn from_pretrained_with(
+        dir: impl AsRef<Path>,
+        device: &B::Device,
+        options: &LoadOptions,
+    ) -> Result<Self> {
+        options.dtype.check_supported::<B>(device)?;
         let dir = dir.as_ref();
         if !dir.is_dir() {
             return Err(Error::MissingFile {
@@ -80,7 +106,7 @@ impl<B: Backend> Model<B> {
                 ),
             });
         }
-        let store = WeightStore::open_dir(dir)?;
+        let store = WeightStore::open_dir(dir)?.with_dtype(options.dtype);
         let mut model = Self::from_parts(config, text, &store, device)?;
         let vae = dir.join("vae-oid.npz");
         if vae.is_file() {
@@ -89,7 +115,8 @@ impl<B: Backend> Model<B> {
         Ok(model)
     }
 
-    /// Build a model from an already parsed config, tokenizer and weight store.
+    /// Build a model from an already parsed config, tokenizer and weight store; it
+    /// computes in the store's dtype.
     pub fn from_parts(
         config: Config,
         text: TextProcessor,
@@ -125,6 +152,11 @@ impl<B: Backend> Model<B> {
     /// The tokenizer and special ids.
     pub fn text_processor(&self) -> &TextProcessor {
         &self.text
+    }
+
+    /// The compute dtype.
+    pub fn dtype(&self) -> Dtype {
+        self.decoder.dtype()
     }
 
     /// The device the model runs on.
@@ -180,7 +212,8 @@ impl<B: Backend> Model<B> {
             return Err(Error::Prompt("<image> tokens after the image block".into()));
         }
         let text = self.decoder.embed(&[ids[n..].to_vec()], &self.device);
-        Ok(Tensor::cat(vec![features.clone(), text], 1))
+        let features = features.clone().cast(text.dtype());
+        Ok(Tensor::cat(vec![features, text], 1))
     }
 
     /// Final logits `[1, seq, vocab]` for every position of a prompt, from image
@@ -210,6 +243,7 @@ impl<B: Backend> Model<B> {
             capacity,
             t.head_dim,
             &self.device,
+            self.dtype().float_dtype().into(),
         )
     }
 }

@@ -2,12 +2,13 @@
 //! [`TextConfig`]: Gemma 2 adds post-attention and post-MLP norms, attention and final
 //! logit soft-capping, `query_pre_attn_scalar` and sliding-window layers.
 
-use burn::tensor::{Bool, Int, Tensor, TensorData, backend::Backend};
+use burn::tensor::{Bool, FloatDType, Int, Tensor, TensorData, backend::Backend};
 
 use crate::attention::{KvCache, Rope, RowLayout, apply_rope, grouped_attention, prefix_lm_mask};
 use crate::config::{TextArch, TextConfig};
 use crate::error::Result;
 use crate::layers::{Linear, RmsNorm, gelu_tanh, matmul_transposed};
+use crate::precision::Dtype;
 use crate::weights::WeightStore;
 
 const PREFIX: &str = "language_model.model";
@@ -36,6 +37,7 @@ pub struct Decoder<B: Backend> {
     layers: Vec<DecoderLayer<B>>,
     norm: RmsNorm<B>,
     rope: Rope,
+    dtype: Dtype,
 }
 
 /// The per-call inputs shared by every layer.
@@ -100,6 +102,7 @@ impl<B: Backend> Decoder<B> {
             )?,
             layers,
             norm: RmsNorm::load(store, &format!("{PREFIX}.norm"), h, eps, device)?,
+            dtype: store.dtype(),
             rope: Rope::new(c.head_dim, c.rope_theta),
         })
     }
@@ -117,7 +120,8 @@ impl<B: Backend> Decoder<B> {
         let flat: Vec<i64> = ids.iter().flatten().map(|&i| i64::from(i)).collect();
         let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(flat, [b * s]), device);
         let hidden = self.config.hidden_size;
-        // The reference rounds the scale to the weight dtype; in f32 this is sqrt itself.
+        // The reference rounds the scale to the compute dtype; so does burn, converting
+        // the scalar to the tensor's element type.
         let scale = (hidden as f32).sqrt();
         (self.embed.clone().select(0, idx) * scale).reshape([b, s, hidden])
     }
@@ -135,7 +139,7 @@ impl<B: Backend> Decoder<B> {
         let q_len = x.dims()[1];
         let offset = cache.len();
         let kv_len = offset + q_len;
-        let (cos, sin) = self.rope.tables::<B>(positions, &device);
+        let (cos, sin) = self.rope.tables::<B>(positions, &device, x.dtype());
         let full_mask = prefix_lm_mask::<B>(rows, offset, q_len, kv_len, None, &device);
         let sliding_mask = self
             .config
@@ -157,10 +161,15 @@ impl<B: Backend> Decoder<B> {
         self.norm.forward(x)
     }
 
-    /// Logits `[batch, seq, vocab]` from final hidden states, through the tied embedding
-    /// and the final soft cap.
+    /// The compute dtype of weights and activations.
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    /// f32 logits `[batch, seq, vocab]` from final hidden states, through the tied
+    /// embedding and the final soft cap.
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        let logits = matmul_transposed(hidden, &self.embed);
+        let logits = matmul_transposed(hidden, &self.embed).cast(FloatDType::F32);
         match self.config.final_logit_softcapping {
             Some(cap) => (logits / cap).tanh() * cap,
             None => logits,
@@ -197,7 +206,7 @@ impl<B: Backend> DecoderLayer<B> {
             _ => &step.full_mask,
         };
         let scale = c.query_pre_attn_scalar.powf(-0.5);
-        let attn = grouped_attention(q, k, v, mask, scale, c.attn_logit_softcapping);
+        let attn = grouped_attention(q, k, v, Some(mask), scale, c.attn_logit_softcapping);
         let attn = self
             .o
             .forward(attn.swap_dims(1, 2).reshape([b, s, heads * hd]));

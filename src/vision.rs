@@ -1,7 +1,9 @@
 //! The SigLIP vision tower: patch embedding, learned positions, a pre-LN transformer
 //! encoder and a final LayerNorm. PaliGemma uses no pooling head.
 
-use burn::tensor::{Tensor, backend::Backend, module::attention, ops::AttentionModuleOptions};
+use burn::tensor::{Tensor, backend::Backend};
+
+use crate::attention::grouped_attention;
 
 use crate::config::VisionConfig;
 use crate::error::Result;
@@ -83,6 +85,8 @@ impl<B: Backend> VisionTower<B> {
     pub fn forward(&self, pixels: Tensor<B, 4>) -> Tensor<B, 3> {
         let c = &self.config;
         let [b, ch, height, width] = pixels.dims();
+        // Pixels arrive in f32; the tower runs in the weights' dtype.
+        let pixels = pixels.cast(self.patch_embed.weight().dtype());
         let p = c.patch_size;
         let (gh, gw) = (height / p, width / p);
         // Non-overlapping patches flattened in the conv weight's (channel, row, col)
@@ -108,7 +112,7 @@ impl<B: Backend> EncoderLayer<B> {
         let q = split(self.q.forward(normed.clone()));
         let k = split(self.k.forward(normed.clone()));
         let v = split(self.v.forward(normed));
-        let attn = attention(q, k, v, None, None, AttentionModuleOptions::default());
+        let attn = grouped_attention(q, k, v, None, (hd as f64).powf(-0.5), None);
         let attn = attn.swap_dims(1, 2).reshape([b, n, h]);
         let x = x + self.out.forward(attn);
         let mlp = self

@@ -8,11 +8,12 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{Tensor, TensorData, backend::Backend};
+use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype, Metadata};
 
 use crate::error::{Error, Result};
+use crate::precision;
 
 /// One memory-mapped safetensors file and its parsed header.
 struct MappedFile {
@@ -104,6 +105,7 @@ fn convert(dtype: Dtype, src: &[u8], dst: &mut [f32]) {
 pub struct WeightStore {
     files: Vec<MappedFile>,
     index: HashMap<String, usize>,
+    dtype: precision::Dtype,
 }
 
 impl WeightStore {
@@ -144,7 +146,22 @@ impl WeightStore {
             }
             files.push(file);
         }
-        Ok(WeightStore { files, index })
+        Ok(WeightStore {
+            files,
+            index,
+            dtype: precision::Dtype::F32,
+        })
+    }
+
+    /// Convert tensors into `dtype` when loading them (default f32).
+    pub fn with_dtype(mut self, dtype: precision::Dtype) -> Self {
+        self.dtype = dtype;
+        self
+    }
+
+    /// The dtype tensors are converted into.
+    pub fn dtype(&self) -> precision::Dtype {
+        self.dtype
     }
 
     /// Names of every tensor in the checkpoint.
@@ -186,12 +203,32 @@ impl WeightStore {
         })
     }
 
-    /// Load a tensor with a required shape into the backend.
+    /// Load a tensor with a required shape into the backend, in the store's dtype.
     pub(crate) fn tensor<B: Backend, const D: usize>(
         &self,
         canonical: &str,
         shape: [usize; D],
         device: &B::Device,
+    ) -> Result<Tensor<B, D>> {
+        self.tensor_as(canonical, shape, device, self.dtype)
+    }
+
+    /// Load a tensor in f32 whatever the compute dtype (norm weights).
+    pub(crate) fn tensor_f32<B: Backend, const D: usize>(
+        &self,
+        canonical: &str,
+        shape: [usize; D],
+        device: &B::Device,
+    ) -> Result<Tensor<B, D>> {
+        self.tensor_as(canonical, shape, device, precision::Dtype::F32)
+    }
+
+    fn tensor_as<B: Backend, const D: usize>(
+        &self,
+        canonical: &str,
+        shape: [usize; D],
+        device: &B::Device,
+        dtype: precision::Dtype,
     ) -> Result<Tensor<B, D>> {
         let raw = self.find(canonical)?;
         if raw.shape != shape {
@@ -201,8 +238,16 @@ impl WeightStore {
                 expected: shape.to_vec(),
             });
         }
-        let values = raw.to_f32()?;
-        Ok(Tensor::from_data(TensorData::new(values, shape), device))
+        let target = DType::from(dtype.float_dtype());
+        // Half-precision bytes already in the compute dtype go to the backend as they
+        // are; everything else is widened to f32 and converted by the backend.
+        let data = match (raw.dtype, dtype) {
+            (Dtype::BF16, precision::Dtype::Bf16) | (Dtype::F16, precision::Dtype::F16) => {
+                TensorData::from_bytes_vec(raw.bytes.to_vec(), shape, target)
+            }
+            _ => TensorData::new(raw.to_f32()?, shape),
+        };
+        Ok(Tensor::from_data(data, (device, target)))
     }
 }
 

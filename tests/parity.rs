@@ -6,7 +6,7 @@ mod common;
 
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 use common::*;
-use paligemma::{GenerateOptions, Model, backend::Cpu};
+use paligemma::{Dtype, GenerateOptions, LoadOptions, Model, backend::Cpu};
 
 const TOL: f32 = 1e-4;
 
@@ -93,6 +93,75 @@ fn check_model<B: Backend>(name: &str, device: &B::Device) {
     }
 }
 
+/// Half precision against the float32 reference: prefill logits within twice the error
+/// transformers itself makes in `dtype` on the same checkpoint (recorded by
+/// `scripts/make_precision_fixtures.py`, see docs/precision.md), and greedy tokens
+/// equal to float32's up to the first step whose top-2 margin is within that error.
+fn check_half<B: Backend>(name: &str, dtype: Dtype, device: &B::Device) {
+    let options = LoadOptions { dtype };
+    let model = Model::<B>::from_pretrained_with(fixtures().join(name), device, &options).unwrap();
+    assert_eq!(model.dtype(), dtype);
+    let tensors = expected_tensors(name);
+    let meta = expected_json(name);
+    let precision = expected_json("precision");
+    let theirs = precision["models"][name][dtype.name()]["max_abs_diff_vs_f32"]
+        .as_f64()
+        .unwrap() as f32;
+    let tol = 2.0 * theirs;
+    let max_new = meta["max_new_tokens"].as_u64().unwrap() as usize;
+    for (case, c) in meta["cases"].as_object().unwrap() {
+        let px = &tensors[&format!("{case}.pixel_values")];
+        let pixels = Tensor::<B, 4>::from_data(
+            TensorData::new(px.data.clone(), px.shape.clone()),
+            model.device(),
+        );
+        let ids = common::ids(&c["prompt_ids"]);
+        let features = model.image_features(pixels);
+        let logits = tensor_vec(model.forward_logits(&features, &ids).unwrap());
+        assert!(
+            logits.iter().all(|v| v.is_finite()),
+            "{name}/{case}/{dtype}: non-finite logits"
+        );
+        let diff = max_abs_diff(&logits, &tensors[&format!("{case}.logits")].data);
+        eprintln!(
+            "{name}/{case}/{dtype}: logits differ from f32 by {diff} (transformers: {theirs})"
+        );
+        assert!(
+            diff <= tol,
+            "{name}/{case}/{dtype}: prefill logits differ from f32 by {diff}; transformers in {dtype} by {theirs}"
+        );
+
+        let image = open_image(c["image"].as_str().unwrap());
+        let options = GenerateOptions {
+            max_new_tokens: max_new,
+            ..Default::default()
+        };
+        let ours = model
+            .generate(&image, c["prompt"].as_str().unwrap(), &options)
+            .unwrap()
+            .generated_ids;
+        let reference = common::ids(&c["generated_ids"]);
+        let margins = c["margins"].as_array().unwrap();
+        if let Some(step) = ours.iter().zip(&reference).position(|(a, b)| a != b) {
+            let margin = margins[step].as_f64().unwrap() as f32;
+            assert!(
+                margin <= tol,
+                "{name}/{case}/{dtype}: greedy token {step} differs from f32 although f32's top-2 margin {margin} exceeds the tolerance {tol}"
+            );
+        } else {
+            assert_eq!(ours.len(), reference.len(), "{name}/{case}/{dtype}: length");
+        }
+    }
+}
+
+#[test]
+fn half_precision_on_cpu() {
+    for dtype in [Dtype::F16, Dtype::Bf16] {
+        check_half::<Cpu>("pg1-tiny", dtype, &Default::default());
+        check_half::<Cpu>("pg2-tiny", dtype, &Default::default());
+    }
+}
+
 #[test]
 fn paligemma1_hub_layout_sharded_f32_mqa() {
     check_model::<Cpu>("pg1-tiny", &Default::default());
@@ -118,6 +187,49 @@ fn parity_on_wgpu() {
     use paligemma::backend::Wgpu;
     check_model::<Wgpu>("pg1-tiny", &Default::default());
     check_model::<Wgpu>("pg2-tiny", &Default::default());
+}
+
+/// f16 on wgpu where the adapter has half-precision shaders; bf16 is refused with an
+/// error before loading, never run into garbage.
+#[cfg(feature = "wgpu")]
+#[test]
+fn half_precision_on_wgpu() {
+    use burn::tensor::{DType, backend::Backend};
+    use paligemma::backend::Wgpu;
+    let device = Default::default();
+    if Wgpu::supports_dtype(&device, DType::F16) {
+        check_half::<Wgpu>("pg1-tiny", Dtype::F16, &device);
+        check_half::<Wgpu>("pg2-tiny", Dtype::F16, &device);
+    } else {
+        eprintln!("this wgpu adapter has no f16 support; checking the error only");
+        let options = LoadOptions { dtype: Dtype::F16 };
+        let err =
+            Model::<Wgpu>::from_pretrained_with(fixtures().join("pg1-tiny"), &device, &options);
+        assert!(matches!(err, Err(paligemma::Error::Backend(_))));
+    }
+    let options = LoadOptions { dtype: Dtype::Bf16 };
+    match Model::<Wgpu>::from_pretrained_with(fixtures().join("pg2-tiny"), &device, &options) {
+        Err(paligemma::Error::Backend(msg)) => assert!(msg.contains("bf16"), "{msg}"),
+        Err(e) => panic!("bf16 on wgpu: unexpected error {e}"),
+        Ok(_) => {
+            assert!(Wgpu::supports_dtype(&device, DType::BF16));
+            check_half::<Wgpu>("pg2-tiny", Dtype::Bf16, &device);
+        }
+    }
+}
+
+/// Every dtype on CUDA (run by `scripts/gpu_check.sh` on a machine with a GPU).
+#[cfg(feature = "cuda")]
+#[test]
+fn parity_on_cuda() {
+    use paligemma::backend::Cuda;
+    let device = Default::default();
+    check_model::<Cuda>("pg1-tiny", &device);
+    check_model::<Cuda>("pg2-tiny", &device);
+    for dtype in [Dtype::F16, Dtype::Bf16] {
+        check_half::<Cuda>("pg1-tiny", dtype, &device);
+        check_half::<Cuda>("pg2-tiny", dtype, &device);
+    }
 }
 
 #[test]

@@ -22,7 +22,7 @@ use clap::{Args, Parser, Subcommand};
 use paligemma::mask::MaskDecoder;
 use paligemma::pipeline::segmentations_from_text;
 use paligemma::task::{Skipped, Task, parse_detections};
-use paligemma::{GenerateOptions, Generation, Model, Segmentation};
+use paligemma::{Dtype, GenerateOptions, Generation, LoadOptions, Model, Segmentation};
 use serde_json::{Value, json};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -35,7 +35,7 @@ struct Cli {
     /// Backend: cpu (burn's flex CPU backend), ndarray, wgpu or cuda[:N].
     #[arg(long, global = true, default_value = "cpu")]
     device: String,
-    /// Compute dtype. Only f32 is implemented so far.
+    /// Compute dtype: f32, f16 (cpu, wgpu, cuda) or bf16 (cpu, cuda).
     #[arg(long, global = true, default_value = "f32")]
     dtype: String,
 }
@@ -76,6 +76,20 @@ enum Command {
     Parse(ParseArgs),
 }
 
+impl Command {
+    /// The model arguments of commands that load a model.
+    fn model_args(&mut self) -> Option<&mut ModelArgs> {
+        match self {
+            Command::Generate(a) => Some(&mut a.common),
+            Command::Caption { common, .. }
+            | Command::Answer { common, .. }
+            | Command::Ocr { common } => Some(common),
+            Command::Detect(a) | Command::Segment(a) => Some(&mut a.common),
+            Command::Parse(_) => None,
+        }
+    }
+}
+
 #[derive(Args)]
 struct ModelArgs {
     /// Checkpoint directory (config.json, tokenizer.json, *.safetensors).
@@ -90,6 +104,9 @@ struct ModelArgs {
     /// Print one JSON object as the last line of stdout.
     #[arg(long)]
     json: bool,
+    /// Set from the global `--dtype`.
+    #[arg(skip)]
+    load: LoadOptions,
 }
 
 #[derive(Args)]
@@ -126,6 +143,10 @@ struct GenerateArgs {
     /// Record the K largest logits of each step.
     #[arg(long, default_value_t = 0)]
     top_logits: usize,
+    /// Run the generation this many times before the timed one (GPU backends compile
+    /// and tune their kernels on first use).
+    #[arg(long, default_value_t = 0)]
+    warmup: usize,
 }
 
 #[derive(Args)]
@@ -185,13 +206,10 @@ fn main() -> ExitCode {
 }
 
 /// Pick the backend named by `--device`; a backend this build lacks names its feature.
-fn dispatch(cli: Cli) -> Res<()> {
-    if cli.dtype != "f32" {
-        return Err(format!(
-            "--dtype {} is not supported yet: this version computes in f32 on every backend",
-            cli.dtype
-        )
-        .into());
+fn dispatch(mut cli: Cli) -> Res<()> {
+    let dtype: Dtype = cli.dtype.parse()?;
+    if let Some(args) = cli.command.model_args() {
+        args.load.dtype = dtype;
     }
     let missing = |feature: &str| -> Res<()> {
         Err(format!(
@@ -250,7 +268,11 @@ fn run<B: Backend>(command: Command, device: &B::Device) -> Res<()> {
             }
             let prompt = args.prompt.clone().unwrap_or_default();
             let stream = args.stream;
+            let warmup = args.warmup;
             text_task::<B>(&args.common, device, |m, img| {
+                for _ in 0..warmup {
+                    m.generate(img, &prompt, &options)?;
+                }
                 if !stream {
                     return m.generate(img, &prompt, &options);
                 }
@@ -298,7 +320,7 @@ fn load<B: Backend>(
     let path = args.image.as_ref().ok_or("--image is required")?;
     let image = paligemma::load_image(path)?;
     let start = Instant::now();
-    let model = Model::<B>::from_pretrained(&args.model, device)?;
+    let model = Model::<B>::from_pretrained_with(&args.model, device, &args.load)?;
     Ok((model, image, start.elapsed().as_secs_f64()))
 }
 
@@ -328,7 +350,7 @@ fn batch<B: Backend>(
         let image = paligemma::load_image(&image_path)?;
         jobs.push((image_path, image, field("prompt")?));
     }
-    let model = Model::<B>::from_pretrained(&args.common.model, device)?;
+    let model = Model::<B>::from_pretrained_with(&args.common.model, device, &args.common.load)?;
     let bar = indicatif::ProgressBar::new(jobs.len() as u64);
     if args.common.json && !std::io::stderr().is_terminal() {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());

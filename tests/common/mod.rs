@@ -5,8 +5,13 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+/// `tests/fixtures`; `PALIGEMMA_FIXTURES` overrides it for test binaries run on another
+/// machine (`scripts/gpu_check.sh`).
 pub fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    match std::env::var_os("PALIGEMMA_FIXTURES") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"),
+    }
 }
 
 /// A float tensor from an expected-output file.

@@ -1,0 +1,107 @@
+//! The compute dtype, chosen when a model is loaded.
+//!
+//! Weights are converted from whatever the checkpoint stores into the compute dtype
+//! while loading. Norms, the attention softmax, GELU and the final logits run in f32
+//! whatever the compute dtype, as transformers does for half-precision models.
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::tensor::{DType, FloatDType, backend::Backend};
+
+use crate::error::{Error, Result};
+
+/// Floating-point type the model's weights and activations are held in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum Dtype {
+    /// 32-bit float: supported by every backend, matches transformers' float32 to 1e-4.
+    #[default]
+    F32,
+    /// IEEE half precision: GPUs (wgpu with shader-f16, CUDA) and burn's CPU backend.
+    F16,
+    /// bfloat16: CUDA and burn's CPU backend; not wgpu.
+    Bf16,
+}
+
+impl Dtype {
+    /// The name used by the CLI and in errors: `f32`, `f16` or `bf16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::F16 => "f16",
+            Dtype::Bf16 => "bf16",
+        }
+    }
+
+    /// burn's float dtype.
+    pub fn float_dtype(self) -> FloatDType {
+        match self {
+            Dtype::F32 => FloatDType::F32,
+            Dtype::F16 => FloatDType::F16,
+            Dtype::Bf16 => FloatDType::BF16,
+        }
+    }
+
+    /// An error unless backend `B` can store and compute in this dtype on `device`.
+    ///
+    /// Asked of the backend itself, so a GPU without half-precision support is refused
+    /// before any weight is loaded rather than computing garbage.
+    pub fn check_supported<B: Backend>(self, device: &B::Device) -> Result<()> {
+        if B::supports_dtype(device, DType::from(self.float_dtype())) {
+            Ok(())
+        } else {
+            Err(Error::Backend(format!(
+                "the {} backend cannot compute in {} on {device:?}; use --dtype f32{}",
+                B::name(device),
+                self.name(),
+                if self == Dtype::Bf16 {
+                    " or f16 (bf16 needs CUDA or the CPU backend)"
+                } else {
+                    ""
+                }
+            )))
+        }
+    }
+}
+
+impl fmt::Display for Dtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Dtype {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "float32" => Ok(Dtype::F32),
+            "f16" | "float16" | "half" => Ok(Dtype::F16),
+            "bf16" | "bfloat16" => Ok(Dtype::Bf16),
+            _ => Err(Error::Backend(format!(
+                "unknown dtype {s:?}: expected f32, f16 or bf16"
+            ))),
+        }
+    }
+}
+
+/// How [`Model::from_pretrained_with`](crate::Model::from_pretrained_with) loads a checkpoint.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Compute dtype (default f32).
+    pub dtype: Dtype,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_names_and_rejects_others() {
+        assert_eq!("bf16".parse::<Dtype>().unwrap(), Dtype::Bf16);
+        assert_eq!("Float16".parse::<Dtype>().unwrap(), Dtype::F16);
+        assert_eq!("f32".parse::<Dtype>().unwrap().to_string(), "f32");
+        let err = "int4".parse::<Dtype>().unwrap_err().to_string();
+        assert!(err.contains("int4") && err.contains("bf16"), "{err}");
+    }
+}
