@@ -13,7 +13,12 @@
 #
 # Environment for `run`: CHECKPOINT=dir (skip writing one), TOKENIZER_FROM=dir (copy
 # the tokenizer files from a checkpoint made here, instead of training one there),
-# TIMING=0 (parity only), BENCH_TIMEOUT=seconds per timed run (default 240).
+# TIMING=0 (parity only), BENCH_TIMEOUT=seconds per timed run (default 900: on a fresh
+# machine burn's CUDA backend compiles every kernel with NVRTC and autotunes matmuls on
+# first use, which took over two minutes on an H100 for the 3B model;
+# CUBECL_AUTOTUNE_LEVEL=minimal shortens the tuning). wgpu on NVIDIA needs the Vulkan
+# loader and the driver's ICD with its GL/EGL dependencies (libvulkan1, libglvnd0,
+# libegl1, libgl1, libglx0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-}
@@ -67,7 +72,7 @@ run)
             fi
             echo "== timing: $ck, 32 new tokens, one warm-up run each =="
             python3 scripts/bench.py --gpu --cli "$dir/paligemma" --model "$ck" \
-                --timeout "${BENCH_TIMEOUT:-240}" || status=1
+                --timeout "${BENCH_TIMEOUT:-900}" || status=1
         fi
     fi
     exit $status
