@@ -41,6 +41,26 @@ impl MappedFile {
             metadata,
         })
     }
+
+    /// Drop the mapped pages of a tensor already copied into the backend, so that peak
+    /// memory while loading is the converted weights plus about one tensor rather than
+    /// the weights plus the whole file. The page cache keeps the file; a later read of
+    /// the range faults it back in with the same contents.
+    fn release(&self, range: std::ops::Range<usize>) {
+        #[cfg(unix)]
+        // SAFETY: the mapping is a read-only shared file mapping and no reference into
+        // `range` outlives this call's caller; dropping its pages only makes later reads
+        // fault the unchanged file contents back in. Failure is harmless (advice only).
+        let _ = unsafe {
+            self.mmap.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                range.start,
+                range.len(),
+            )
+        };
+        #[cfg(not(unix))]
+        let _ = range;
+    }
 }
 
 /// A raw tensor view into a mapped file.
@@ -49,13 +69,21 @@ pub(crate) struct RawTensor<'a> {
     pub dtype: Dtype,
     pub shape: &'a [usize],
     pub bytes: &'a [u8],
+    /// Which file of the store, and the byte range in its mapping.
+    file: usize,
+    range: std::ops::Range<usize>,
 }
 
 impl RawTensor<'_> {
     /// Decode the tensor's elements into f32 (exact for f32, bf16 and f16 inputs).
-    ///
-    /// Large tensors are converted on all cores: a 3B checkpoint is billions of values.
     pub fn to_f32(&self) -> Result<Vec<f32>> {
+        self.decode(|x| x)
+    }
+
+    /// Decode every element and map it through `cast`, on all cores: a 3B checkpoint is
+    /// billions of values, and converting straight into the target type keeps a single
+    /// output buffer (no f32 copy of a half-precision tensor).
+    fn decode<T: Copy + Default + Send>(&self, cast: fn(f32) -> T) -> Result<Vec<T>> {
         let width = match self.dtype {
             Dtype::F32 => 4,
             Dtype::BF16 | Dtype::F16 => 2,
@@ -67,15 +95,46 @@ impl RawTensor<'_> {
             }
         };
         let n = self.bytes.len() / width;
-        let mut out = vec![0f32; n];
+        let mut out = vec![T::default(); n];
         let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
         let chunk = n.div_ceil(threads).max(1 << 20);
+        let dtype = self.dtype;
         std::thread::scope(|scope| {
             for (dst, src) in out.chunks_mut(chunk).zip(self.bytes.chunks(chunk * width)) {
-                scope.spawn(move || convert(self.dtype, src, dst));
+                scope.spawn(move || {
+                    const BLOCK: usize = 4096;
+                    let mut buf = [0f32; BLOCK];
+                    for (d, s) in dst.chunks_mut(BLOCK).zip(src.chunks(BLOCK * width)) {
+                        let buf = &mut buf[..d.len()];
+                        convert(dtype, s, buf);
+                        for (o, &v) in d.iter_mut().zip(buf.iter()) {
+                            *o = cast(v);
+                        }
+                    }
+                });
             }
         });
         Ok(out)
+    }
+
+    /// The tensor as backend data in `target`: half-precision bytes already in the
+    /// target dtype are copied as they are, everything else converted element-wise.
+    fn to_data<const D: usize>(
+        &self,
+        shape: [usize; D],
+        target: precision::Dtype,
+    ) -> Result<TensorData> {
+        Ok(match (self.dtype, target) {
+            (Dtype::BF16, precision::Dtype::Bf16) | (Dtype::F16, precision::Dtype::F16) => {
+                let dtype = DType::from(target.float_dtype());
+                TensorData::from_bytes_vec(self.bytes.to_vec(), shape, dtype)
+            }
+            (_, precision::Dtype::F32) => TensorData::new(self.to_f32()?, shape),
+            (_, precision::Dtype::F16) => TensorData::new(self.decode(half::f16::from_f32)?, shape),
+            (_, precision::Dtype::Bf16) => {
+                TensorData::new(self.decode(half::bf16::from_f32)?, shape)
+            }
+        })
     }
 }
 
@@ -181,11 +240,14 @@ impl WeightStore {
                 path: file.path.clone(),
                 reason: format!("tensor {name} points past the end of the file"),
             });
+        let range = file.data_start + start..file.data_start + end;
         Some(bytes.map(|bytes| RawTensor {
             name,
             dtype: info.dtype,
             shape: &info.shape,
             bytes,
+            file: file_idx,
+            range,
         }))
     }
 
@@ -238,16 +300,13 @@ impl WeightStore {
                 expected: shape.to_vec(),
             });
         }
-        let target = DType::from(dtype.float_dtype());
-        // Half-precision bytes already in the compute dtype go to the backend as they
-        // are; everything else is widened to f32 and converted by the backend.
-        let data = match (raw.dtype, dtype) {
-            (Dtype::BF16, precision::Dtype::Bf16) | (Dtype::F16, precision::Dtype::F16) => {
-                TensorData::from_bytes_vec(raw.bytes.to_vec(), shape, target)
-            }
-            _ => TensorData::new(raw.to_f32()?, shape),
-        };
-        Ok(Tensor::from_data(data, (device, target)))
+        let data = raw.to_data(shape, dtype)?;
+        let (file, range) = (raw.file, raw.range.clone());
+        self.files[file].release(range);
+        Ok(Tensor::from_data(
+            data,
+            (device, DType::from(dtype.float_dtype())),
+        ))
     }
 }
 
