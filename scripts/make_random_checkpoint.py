@@ -3,6 +3,7 @@
 
     python scripts/make_random_checkpoint.py --variant pg1-3b-224 --out /tmp/pg1-3b-224 [--dtype bf16]
     python scripts/make_random_checkpoint.py --variant pg1-3b-448 --out /tmp/pg1-3b-448
+    python scripts/make_random_checkpoint.py --variant pg1-3b-896 --out /tmp/pg1-3b-896
     python scripts/make_random_checkpoint.py --variant pg2-3b-224 --out /tmp/pg2-3b-224
 
 The directory looks like a hub download: the hub's minimal config.json, shards named
@@ -47,6 +48,7 @@ GEMMA2_2B = dict(model_type="gemma2", hidden_size=2304, intermediate_size=9216, 
 VARIANTS = {
     "pg1-3b-224": dict(image_size=224, text=GEMMA_2B, embed_std=EMBED_STD),
     "pg1-3b-448": dict(image_size=448, text=GEMMA_2B, embed_std=EMBED_STD),
+    "pg1-3b-896": dict(image_size=896, text=GEMMA_2B, embed_std=EMBED_STD),
     "pg2-3b-224": dict(image_size=224, text=GEMMA2_2B, embed_std=0.01),
 }
 VOCAB = 257216
@@ -291,6 +293,11 @@ def main():
         import shutil
         for name in TOKENIZER_FILES:
             shutil.copy(args.tokenizer_from / name, args.out / name)
+        # The image processor's size and sequence length follow this variant.
+        pre = json.loads((args.out / "preprocessor_config.json").read_text())
+        side = spec["image_size"]
+        pre.update(size={"height": side, "width": side}, image_seq_length=(side // 14) ** 2)
+        (args.out / "preprocessor_config.json").write_text(json.dumps(pre, indent=2))
     else:
         from make_fixtures import write_hub_processor_files
         write_hub_processor_files(build_tokenizer(), args.out, spec["image_size"], has_mask_token=True)

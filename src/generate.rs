@@ -134,6 +134,9 @@ pub struct Timings {
     pub decode_s: f64,
     /// Tokens generated.
     pub tokens: usize,
+    /// Seconds from the end of the prefill to each later token's logits
+    /// (cumulative, one entry per decode step), for cost-per-length curves.
+    pub decode_elapsed_s: Vec<f64>,
 }
 
 /// Why generation ended.
@@ -362,6 +365,7 @@ impl<B: Backend> Model<B> {
         if !options.ignore_eos {
             stops.push(self.text.eos_id);
         }
+        let mut elapsed = Vec::with_capacity(options.max_new_tokens);
         loop {
             let mut next = Vec::with_capacity(batch);
             for (i, row) in rows.iter_mut().enumerate() {
@@ -393,6 +397,7 @@ impl<B: Backend> Model<B> {
                 .collect();
             let hidden = self.decoder.forward(x, &layouts, &pos, &mut cache);
             logits = self.host_logits(hidden)?;
+            elapsed.push(decode_start.elapsed().as_secs_f64());
         }
         let decode_s = decode_start.elapsed().as_secs_f64();
         Ok(rows
@@ -402,6 +407,7 @@ impl<B: Backend> Model<B> {
                     prefill_s,
                     decode_s,
                     tokens: row.generated.len(),
+                    decode_elapsed_s: elapsed.clone(),
                 },
                 prompt_ids: row.prompt,
                 generated_ids: row.generated,

@@ -169,6 +169,11 @@ impl<B: Backend> Model<B> {
         &self.vision
     }
 
+    /// The language decoder.
+    pub fn decoder(&self) -> &Decoder<B> {
+        &self.decoder
+    }
+
     /// Preprocess an image into `[1, 3, size, size]` pixels at the model's resolution.
     pub fn pixel_values(&self, image: &DynamicImage) -> Result<Tensor<B, 4>> {
         let size = self.config.vision.image_size;
@@ -234,7 +239,9 @@ impl<B: Backend> Model<B> {
         Ok(self.decoder.logits(hidden))
     }
 
-    pub(crate) fn new_cache(&self, batch: usize, capacity: usize) -> KvCache<B> {
+    /// An empty KV cache for `batch` rows of up to `capacity` positions, in the model's
+    /// dtype, for driving [`Decoder::forward`] step by step.
+    pub fn new_cache(&self, batch: usize, capacity: usize) -> KvCache<B> {
         let t = &self.config.text;
         KvCache::new(
             t.num_hidden_layers,

@@ -83,7 +83,12 @@ impl RawTensor<'_> {
     /// Decode every element and map it through `cast`, on all cores: a 3B checkpoint is
     /// billions of values, and converting straight into the target type keeps a single
     /// output buffer (no f32 copy of a half-precision tensor).
-    fn decode<T: Copy + Default + Send>(&self, cast: fn(f32) -> T) -> Result<Vec<T>> {
+    fn decode<T, F>(&self, cast: F) -> Result<Vec<T>>
+    where
+        T: Copy + Default + Send,
+        // A closure type (not a fn pointer) so the per-element cast is inlined.
+        F: Fn(f32) -> T + Copy + Send,
+    {
         let width = match self.dtype {
             Dtype::F32 => 4,
             Dtype::BF16 | Dtype::F16 => 2,

@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""How cost grows: time to first token against input resolution, and decode cost
+against the number of generated tokens, for this crate's CLI (and transformers for
+the first-token times up to --hf-up-to). Writes a block into docs/benchmarks.md and,
+when matplotlib is importable, docs/scaling.png.
+
+    python scripts/make_random_checkpoint.py --variant pg1-3b-448 --out /tmp/pg1-3b-448
+    python scripts/make_random_checkpoint.py --variant pg1-3b-896 --out /tmp/pg1-3b-896
+    python scripts/scaling.py --write docs/benchmarks.md
+
+Decode figures come from one run of --tokens new tokens per dtype, read off the CLI's
+per-step timestamps (`timings.decode_elapsed_s`): the mean ms/token over the first N
+tokens, and the cost of the steps just before token N.
+"""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import CLI, ROOT, Failed, cpu_name, hf, timed, warm_page_cache, write_block  # noqa: E402
+
+
+def run_cli(cli, model, image, dtype, tokens):
+    warm_page_cache(model)
+    out, rss = timed([str(cli), "--dtype", dtype, "generate", "--model", str(model), "--image", str(image),
+                      "--prompt", "caption en", "--max-new-tokens", str(tokens), "--ignore-eos", "--json"])
+    r = json.loads(out.strip().splitlines()[-1])
+    r["rss_gb"] = rss
+    return r
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cli", type=Path, default=CLI)
+    ap.add_argument("--image", type=Path, default=ROOT / "tests/fixtures/images/photo.png")
+    ap.add_argument("--checkpoints", default="224:/tmp/pg1-3b-224,448:/tmp/pg1-3b-448,896:/tmp/pg1-3b-896")
+    ap.add_argument("--ttft-dtypes", default="f32,f16", help="dtypes for the first-token curve")
+    ap.add_argument("--f16-up-to", type=int, default=448, help="largest resolution timed in f16")
+    ap.add_argument("--hf-up-to", type=int, default=448, help="largest resolution timed with transformers")
+    ap.add_argument("--decode-dtypes", default="f32,f16")
+    ap.add_argument("--tokens", type=int, default=1024)
+    ap.add_argument("--marks", default="16,256,1024")
+    ap.add_argument("--write", type=Path)
+    args = ap.parse_args()
+    ckpts = [(int(r), Path(p)) for r, p in (x.split(":") for x in args.checkpoints.split(","))]
+    marks = [int(m) for m in args.marks.split(",")]
+
+    ttft_rows = []
+    for res, path in ckpts:
+        row = {"res": res}
+        for dtype in args.ttft_dtypes.split(","):
+            if dtype != "f32" and res > args.f16_up_to:
+                continue
+            r = run_cli(args.cli, path, args.image, dtype, 1)
+            row[f"ours {dtype}"] = r["timings"]["prefill_s"]
+            row[f"ours {dtype} rss"] = r["rss_gb"]
+            row["prompt_tokens"] = len(r["prompt_ids"])
+            print(res, dtype, r["timings"]["prefill_s"], file=sys.stderr, flush=True)
+        if res <= args.hf_up_to:
+            a = argparse.Namespace(model=path, image=args.image, prompt="caption en", tokens=2)
+            try:
+                row["transformers f32"] = hf(a, "float32")["ttft_s"]
+            except Failed as e:
+                print(e, file=sys.stderr)
+            print(res, "hf", row.get("transformers f32"), file=sys.stderr, flush=True)
+        ttft_rows.append(row)
+
+    decode = {}
+    base = dict(ckpts)[224]
+    for dtype in args.decode_dtypes.split(","):
+        r = run_cli(args.cli, base, args.image, dtype, args.tokens)
+        decode[dtype] = r["timings"]["decode_elapsed_s"]
+        print("decode", dtype, decode[dtype][-1], file=sys.stderr, flush=True)
+
+    cols = [c for c in ["ours f32", "ours f16", "transformers f32"] if any(c in r for r in ttft_rows)]
+    lines = ["| input | prompt tokens | " + " | ".join(f"{c} s" for c in cols) + " | ours f32 peak RSS GB |",
+             "|---" * (len(cols) + 3) + "|"]
+    for r in ttft_rows:
+        cells = [f"{r[c]:.1f}" if c in r else "not run" for c in cols]
+        lines.append(f"| {r['res']} px | {r['prompt_tokens']} | " + " | ".join(cells)
+                     + f" | {r.get('ours f32 rss', float('nan')):.1f} |")
+    ttft_table = "\n".join(lines)
+
+    lines = ["| generated tokens | " + " | ".join(f"ours {d}: mean ms/token | ours {d}: ms/token near the end"
+                                                  for d in decode) + " |",
+             "|---" * (2 * len(decode) + 1) + "|"]
+    for m in marks:
+        cells = []
+        for d, el in decode.items():
+            if m - 1 > len(el):
+                cells += ["", ""]
+                continue
+            mean = 1000 * el[m - 2] / (m - 1)
+            lo = max(0, m - 9)
+            recent = 1000 * (el[m - 2] - (el[lo - 1] if lo > 0 else 0.0)) / (m - 1 - lo)
+            cells += [f"{mean:.0f}", f"{recent:.0f}"]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    decode_table = "\n".join(lines)
+
+    header = (f"Machine: {cpu_name()}, {os.cpu_count()} cores. Random-weight PaliGemma 1 3B checkpoints "
+              f"(`scripts/make_random_checkpoint.py`), prompt 'caption en', image `{args.image.name}`.")
+    block = (f"{header}\n\nTime to first token (vision tower, projector, prefill, first token) by input size:\n\n"
+             f"{ttft_table}\n\nDecode cost by number of generated tokens (224 px, one run of {args.tokens} "
+             f"tokens per dtype; \"near the end\" = the 8 steps before that token):\n\n{decode_table}\n")
+    print(block)
+
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+        for c in cols:
+            pts = [(r["res"], r[c]) for r in ttft_rows if c in r]
+            a.plot(*zip(*pts), marker="o", label=c)
+        a.set(xlabel="input pixels (side)", ylabel="time to first token (s)", xscale="log", yscale="log",
+              title="Time to first token")
+        a.set_xticks([r["res"] for r in ttft_rows], [str(r["res"]) for r in ttft_rows])
+        a.legend()
+        for d, el in decode.items():
+            steps = [1000 * (el[i] - (el[i - 1] if i else 0.0)) for i in range(len(el))]
+            b.plot(range(2, len(el) + 2), steps, label=f"ours {d}", linewidth=0.8)
+        b.set(xlabel="generated token", ylabel="ms per decode step", title="Decode step cost (224 px)")
+        b.legend()
+        fig.tight_layout()
+        out = ROOT / "docs" / "scaling.png"
+        fig.savefig(out, dpi=110)
+        block += "\n![Scaling curves](scaling.png)\n"
+        print(f"wrote {out}", file=sys.stderr)
+    except ImportError:
+        print("matplotlib not installed: no plot", file=sys.stderr)
+
+    if args.write:
+        write_block(args.write, "<!-- scaling -->", block, "## Scaling\n\n")
+
+if __name__ == "__main__":
+    main()
