@@ -111,12 +111,14 @@ def main():
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
         fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
         for c in cols:
             pts = [(r["res"], r[c]) for r in ttft_rows if c in r]
             a.plot(*zip(*pts), marker="o", label=c)
         a.set(xlabel="input pixels (side)", ylabel="time to first token (s)", xscale="log", yscale="log",
               title="Time to first token")
+        a.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         a.set_xticks([r["res"] for r in ttft_rows], [str(r["res"]) for r in ttft_rows])
         a.legend()
         for d, el in decode.items():

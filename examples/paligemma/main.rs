@@ -408,6 +408,7 @@ fn generation_json(out: &Generation, load_s: f64) -> Value {
             "prefill_s": out.timings.prefill_s,
             "decode_s": out.timings.decode_s,
             "tokens": out.timings.tokens,
+            "decode_elapsed_s": out.timings.decode_elapsed_s,
         },
     })
 }
