@@ -281,7 +281,7 @@ fn blocked_attention<B: Backend>(
                     let [mb, mh, _, mk] = m.dims();
                     m.clone().slice([0..mb, 0..mh, start..end, 0..mk])
                 });
-                attention(q, k.clone(), v.clone(), mask, None, options.clone())
+                attention(q, k.clone(), v.clone(), mask, None, options)
             })
             .collect();
         Tensor::cat(parts, 2)
