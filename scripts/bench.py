@@ -76,7 +76,8 @@ def ours(args, device="cpu", dtype="f32", warmup=0, timeout=None):
     t = r["timings"]
     return {"load_s": t["load_s"], "ttft_s": t["prefill_s"],
             "decode_ms": 1000 * t["decode_s"] / max(t["tokens"] - 1, 1), "rss_gb": rss,
-            "prompt_tokens": len(r["prompt_ids"]), "generated_ids": r["generated_ids"]}
+            "prompt_tokens": len(r["prompt_ids"]), "generated_ids": r["generated_ids"],
+            "decode_elapsed_s": t.get("decode_elapsed_s", [])}
 
 
 def batch_throughput(args, sizes, count):

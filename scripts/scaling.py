@@ -14,22 +14,18 @@ tokens, and the cost of the steps just before token N.
 """
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import CLI, ROOT, Failed, cpu_name, hf, timed, warm_page_cache, write_block  # noqa: E402
+from bench import CLI, ROOT, Failed, cpu_name, hf, ours, write_block  # noqa: E402
 
 
-def run_cli(cli, model, image, dtype, tokens):
-    warm_page_cache(model)
-    out, rss = timed([str(cli), "--dtype", dtype, "generate", "--model", str(model), "--image", str(image),
-                      "--prompt", "caption en", "--max-new-tokens", str(tokens), "--ignore-eos", "--json"])
-    r = json.loads(out.strip().splitlines()[-1])
-    r["rss_gb"] = rss
-    return r
+def run_cli(args, model, dtype, tokens):
+    """Our CLI on `model`, through bench.py's runner."""
+    run = argparse.Namespace(cli=args.cli, model=model, image=args.image, prompt="caption en", tokens=tokens)
+    return ours(run, dtype=dtype)
 
 
 def main():
@@ -54,11 +50,11 @@ def main():
         for dtype in args.ttft_dtypes.split(","):
             if dtype != "f32" and res > args.f16_up_to:
                 continue
-            r = run_cli(args.cli, path, args.image, dtype, 1)
-            row[f"ours {dtype}"] = r["timings"]["prefill_s"]
+            r = run_cli(args, path, dtype, 1)
+            row[f"ours {dtype}"] = r["ttft_s"]
             row[f"ours {dtype} rss"] = r["rss_gb"]
-            row["prompt_tokens"] = len(r["prompt_ids"])
-            print(res, dtype, r["timings"]["prefill_s"], file=sys.stderr, flush=True)
+            row["prompt_tokens"] = r["prompt_tokens"]
+            print(res, dtype, r["ttft_s"], file=sys.stderr, flush=True)
         if res <= args.hf_up_to:
             a = argparse.Namespace(model=path, image=args.image, prompt="caption en", tokens=2)
             try:
@@ -71,8 +67,8 @@ def main():
     decode = {}
     base = dict(ckpts)[224]
     for dtype in args.decode_dtypes.split(","):
-        r = run_cli(args.cli, base, args.image, dtype, args.tokens)
-        decode[dtype] = r["timings"]["decode_elapsed_s"]
+        r = run_cli(args, base, dtype, args.tokens)
+        decode[dtype] = r["decode_elapsed_s"]
         print("decode", dtype, decode[dtype][-1], file=sys.stderr, flush=True)
 
     cols = [c for c in ["ours f32", "ours f16", "transformers f32"] if any(c in r for r in ttft_rows)]

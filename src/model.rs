@@ -250,7 +250,7 @@ impl<B: Backend> Model<B> {
             capacity,
             t.head_dim,
             &self.device,
-            self.dtype().float_dtype().into(),
+            self.dtype().burn_dtype(),
         )
     }
 }

@@ -42,12 +42,17 @@ impl Dtype {
         }
     }
 
+    /// burn's tensor dtype.
+    pub fn burn_dtype(self) -> DType {
+        DType::from(self.float_dtype())
+    }
+
     /// An error unless backend `B` can store and compute in this dtype on `device`.
     ///
     /// Asked of the backend itself, so a GPU without half-precision support is refused
     /// before any weight is loaded rather than computing garbage.
     pub fn check_supported<B: Backend>(self, device: &B::Device) -> Result<()> {
-        if B::supports_dtype(device, DType::from(self.float_dtype())) {
+        if B::supports_dtype(device, self.burn_dtype()) {
             Ok(())
         } else {
             Err(Error::Backend(format!(

@@ -4,7 +4,6 @@
 use burn::tensor::{Tensor, backend::Backend};
 
 use crate::attention::grouped_attention;
-
 use crate::config::VisionConfig;
 use crate::error::Result;
 use crate::layers::{LayerNorm, Linear, gelu_tanh};

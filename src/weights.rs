@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
+use burn::tensor::{Tensor, TensorData, backend::Backend};
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype, Metadata};
 
@@ -131,8 +131,7 @@ impl RawTensor<'_> {
     ) -> Result<TensorData> {
         Ok(match (self.dtype, target) {
             (Dtype::BF16, precision::Dtype::Bf16) | (Dtype::F16, precision::Dtype::F16) => {
-                let dtype = DType::from(target.float_dtype());
-                TensorData::from_bytes_vec(self.bytes.to_vec(), shape, dtype)
+                TensorData::from_bytes_vec(self.bytes.to_vec(), shape, target.burn_dtype())
             }
             (_, precision::Dtype::F32) => TensorData::new(self.to_f32()?, shape),
             (_, precision::Dtype::F16) => TensorData::new(self.decode(half::f16::from_f32)?, shape),
@@ -238,14 +237,14 @@ impl WeightStore {
         let file = &self.files[file_idx];
         let info = file.metadata.info(name)?;
         let (start, end) = info.data_offsets;
+        let range = file.data_start + start..file.data_start + end;
         let bytes = file
             .mmap
-            .get(file.data_start + start..file.data_start + end)
+            .get(range.clone())
             .ok_or_else(|| Error::WeightFile {
                 path: file.path.clone(),
                 reason: format!("tensor {name} points past the end of the file"),
             });
-        let range = file.data_start + start..file.data_start + end;
         Some(bytes.map(|bytes| RawTensor {
             name,
             dtype: info.dtype,
@@ -306,12 +305,8 @@ impl WeightStore {
             });
         }
         let data = raw.to_data(shape, dtype)?;
-        let (file, range) = (raw.file, raw.range.clone());
-        self.files[file].release(range);
-        Ok(Tensor::from_data(
-            data,
-            (device, DType::from(dtype.float_dtype())),
-        ))
+        self.files[raw.file].release(raw.range.clone());
+        Ok(Tensor::from_data(data, (device, dtype.burn_dtype())))
     }
 }
 

@@ -403,14 +403,15 @@ fn generation_json(out: &Generation, load_s: f64) -> Value {
         "generated_ids": out.generated_ids,
         "text": out.text,
         "top_logits": top,
-        "timings": {
-            "load_s": load_s,
-            "prefill_s": out.timings.prefill_s,
-            "decode_s": out.timings.decode_s,
-            "tokens": out.timings.tokens,
-            "decode_elapsed_s": out.timings.decode_elapsed_s,
-        },
+        "timings": timings_json(&out.timings, load_s),
     })
+}
+
+/// The library's timings plus the load time.
+fn timings_json(timings: &paligemma::Timings, load_s: f64) -> Value {
+    let mut t = json!(timings);
+    t["load_s"] = json!(load_s);
+    t
 }
 
 fn objects<B: Backend>(args: ObjectArgs, segment: bool, device: &B::Device) -> Res<()> {
@@ -514,8 +515,7 @@ fn report(
         if let Some((g, load_s)) = generation {
             out["text"] = json!(g.text);
             out["generated_ids"] = json!(g.generated_ids);
-            out["timings"] = json!({"load_s": load_s, "prefill_s": g.timings.prefill_s,
-                "decode_s": g.timings.decode_s, "tokens": g.timings.tokens});
+            out["timings"] = timings_json(&g.timings, load_s);
         }
         println!("{out}");
         return;
