@@ -156,7 +156,10 @@ fn benches(c: &mut Criterion) {
     write_checkpoint(dir.path());
     let device = Default::default();
     for dtype in [Dtype::F32, Dtype::F16] {
-        let options = LoadOptions { dtype };
+        let options = LoadOptions {
+            dtype,
+            ..Default::default()
+        };
         let model = Model::<Cpu>::from_pretrained_with(dir.path(), &device, &options)
             .expect("load mid-size model");
         let pixels = Tensor::<Cpu, 4>::from_data(

@@ -26,3 +26,19 @@ pub type Cpu = Flex;
 /// The default CPU backend of this build: `Flex` when enabled, else `NdArray`.
 #[cfg(all(not(feature = "flex"), feature = "ndarray"))]
 pub type Cpu = NdArray;
+
+/// Whether `B` is one of the CPU backends this build was compiled with (whose tensors
+/// live in host memory, so host-side weight kernels can read them without a transfer).
+pub fn is_cpu<B: burn::tensor::backend::Backend>() -> bool {
+    let id = std::any::TypeId::of::<B>();
+    #[cfg(feature = "flex")]
+    if id == std::any::TypeId::of::<Flex>() {
+        return true;
+    }
+    #[cfg(feature = "ndarray")]
+    if id == std::any::TypeId::of::<NdArray>() {
+        return true;
+    }
+    let _ = id;
+    false
+}

@@ -1,22 +1,34 @@
 //! Small building blocks shared by the vision tower and the decoder.
 
-use burn::tensor::{FloatDType, Tensor, TensorPrimitive, backend::Backend};
+use std::sync::Arc;
+
+use burn::tensor::{FloatDType, Tensor, TensorData, TensorPrimitive, backend::Backend};
 
 use crate::error::Result;
+use crate::host::{self, HostMatrix};
 use crate::weights::WeightStore;
 
 /// A dense layer holding the checkpoint's `[out, in]` weight; it multiplies by a
 /// transposed view, so loading needs no copy and the tied `lm_head` can share storage.
 #[derive(Debug, Clone)]
 pub struct Linear<B: Backend> {
-    weight: Tensor<B, 2>,
-    bias: Option<Tensor<B, 1>>,
+    inner: Weight<B>,
+}
+
+/// Where a layer's weight and bias live: backend tensors, or host memory with the
+/// weight in bf16/int8 ([`WeightFormat`](crate::WeightFormat)).
+#[derive(Debug, Clone)]
+enum Weight<B: Backend> {
+    Tensor(Tensor<B, 2>, Option<Tensor<B, 1>>),
+    Host(Arc<HostMatrix>, Option<Arc<[f32]>>),
 }
 
 impl<B: Backend> Linear<B> {
     /// Wrap an `[out, in]` weight.
     pub fn new(weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Self {
-        Linear { weight, bias }
+        Linear {
+            inner: Weight::Tensor(weight, bias),
+        }
     }
 
     /// Load `{prefix}.weight` (and `{prefix}.bias` when `bias` is set).
@@ -28,28 +40,114 @@ impl<B: Backend> Linear<B> {
         bias: bool,
         device: &B::Device,
     ) -> Result<Self> {
-        let weight = store.tensor::<B, 2>(&format!("{prefix}.weight"), [d_out, d_in], device)?;
-        let bias = if bias {
-            Some(store.tensor::<B, 1>(&format!("{prefix}.bias"), [d_out], device)?)
+        let weight = format!("{prefix}.weight");
+        let bias_name = format!("{prefix}.bias");
+        let inner = if store.format().is_host() {
+            let bias = match bias {
+                true => Some(store.values_f32(&bias_name, &[d_out])?.into()),
+                false => None,
+            };
+            Weight::Host(Arc::new(store.host_matrix(&weight, d_out, d_in)?), bias)
         } else {
-            None
+            let bias = match bias {
+                true => Some(store.tensor::<B, 1>(&bias_name, [d_out], device)?),
+                false => None,
+            };
+            Weight::Tensor(store.tensor::<B, 2>(&weight, [d_out, d_in], device)?, bias)
         };
-        Ok(Linear { weight, bias })
+        Ok(Linear { inner })
     }
 
     /// `x @ W^T + b` over the last dimension.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let y = matmul_transposed(x, &self.weight);
-        match &self.bias {
-            Some(b) => y + b.clone().unsqueeze::<D>(),
-            None => y,
+        match &self.inner {
+            Weight::Tensor(w, bias) => {
+                let y = matmul_transposed(x, w);
+                match bias {
+                    Some(b) => y + b.clone().unsqueeze::<D>(),
+                    None => y,
+                }
+            }
+            Weight::Host(w, bias) => {
+                let (x, mut dims, device) = to_host(x);
+                let y = w.matmul_t(&x, x.len() / w.cols().max(1), bias.as_deref());
+                dims[D - 1] = w.rows();
+                from_host(y, dims, &device)
+            }
         }
     }
 
-    /// The `[out, in]` weight.
-    pub fn weight(&self) -> &Tensor<B, 2> {
-        &self.weight
+    /// The host weight and bias, when this layer has them.
+    fn host(&self) -> Option<(&HostMatrix, Option<&[f32]>)> {
+        match &self.inner {
+            Weight::Host(w, bias) => Some((w, bias.as_deref())),
+            Weight::Tensor(..) => None,
+        }
     }
+}
+
+/// The feed-forward block: `last(gelu_tanh(first(x)) * up(x))` (Gemma's GeGLU) or
+/// `last(gelu_tanh(first(x)))` (SigLIP, `up` = `None`).
+///
+/// With host weights the whole block runs in host memory: one read of the activations,
+/// the products and the GELU on all cores, one tensor back.
+pub fn feed_forward<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    first: &Linear<B>,
+    up: Option<&Linear<B>>,
+    last: &Linear<B>,
+) -> Tensor<B, D> {
+    let up_host = up.map(Linear::host);
+    if let (Some((w1, b1)), Some((w2, b2)), None | Some(Some(_))) =
+        (first.host(), last.host(), up_host)
+    {
+        let (x, mut dims, device) = to_host(x);
+        let rows = x.len() / w1.cols().max(1);
+        let mut h = w1.matmul_t(&x, rows, b1);
+        let u = up_host.flatten().map(|(w, b)| w.matmul_t(&x, rows, b));
+        host::gelu_tanh_mul(&mut h, u.as_deref());
+        let y = w2.matmul_t(&h, rows, b2);
+        dims[D - 1] = w2.rows();
+        return from_host(y, dims, &device);
+    }
+    let h = match up {
+        Some(up) => gelu_tanh(first.forward(x.clone())) * up.forward(x),
+        None => gelu_tanh(first.forward(x)),
+    };
+    last.forward(h)
+}
+
+/// `x @ W^T` for f32 `x` `[..., in]` on a CPU backend and a host matrix `W`: the
+/// activations are read from the backend's host memory, multiplied by the crate's
+/// kernels, and handed back as a new tensor.
+pub(crate) fn host_matmul_transposed<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    w: &HostMatrix,
+) -> Tensor<B, D> {
+    let (x, mut dims, device) = to_host(x);
+    let y = w.matmul_t(&x, x.len() / w.cols().max(1), None);
+    dims[D - 1] = w.rows();
+    from_host(y, dims, &device)
+}
+
+/// A CPU backend tensor's values in f32 (one copy), its shape and device.
+fn to_host<B: Backend, const D: usize>(x: Tensor<B, D>) -> (Vec<f32>, [usize; D], B::Device) {
+    let (dims, device) = (x.dims(), x.device());
+    // Host weights are only loaded with f32 activations, so the conversion is a no-op.
+    let values = x
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .expect("f32 data after conversion to f32");
+    (values, dims, device)
+}
+
+fn from_host<B: Backend, const D: usize>(
+    values: Vec<f32>,
+    dims: [usize; D],
+    device: &B::Device,
+) -> Tensor<B, D> {
+    Tensor::from_data(TensorData::new(values, dims), device)
 }
 
 /// `x @ W^T` for `x` `[..., in]` and `W` `[out, in]`.

@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::layers::Linear;
 use crate::mask::MaskDecoder;
-use crate::precision::{Dtype, LoadOptions};
+use crate::precision::{Dtype, LoadOptions, WeightFormat};
 use crate::processor::{TextProcessor, preprocess_image};
 use crate::text::Decoder;
 use crate::vision::VisionTower;
@@ -26,6 +26,7 @@ pub struct Model<B: Backend> {
     pub(crate) text: TextProcessor,
     pub(crate) mask_decoder: Option<MaskDecoder<B>>,
     pub(crate) device: B::Device,
+    pub(crate) weight_format: WeightFormat,
 }
 
 /// Image features after the projector, ready to be merged with a prompt; compute once
@@ -55,22 +56,32 @@ impl<B: Backend> Model<B> {
     ///
     /// ```
     /// # fn main() -> paligemma::Result<()> {
-    /// use paligemma::{Dtype, LoadOptions, Model, backend::Cpu};
+    /// use paligemma::{Dtype, LoadOptions, Model, WeightFormat, backend::Cpu};
     ///
-    /// let options = LoadOptions { dtype: Dtype::Bf16 };
+    /// let options = LoadOptions { dtype: Dtype::Bf16, ..Default::default() };
     /// let model = Model::<Cpu>::from_pretrained_with("tests/fixtures/pg2-tiny", &Default::default(), &options)?;
     /// assert_eq!(model.dtype(), Dtype::Bf16);
+    ///
+    /// // On a CPU backend: int8 weights multiplied by the crate's own kernels.
+    /// let options = LoadOptions { weights: WeightFormat::Int8, ..Default::default() };
+    /// let model = Model::<Cpu>::from_pretrained_with("tests/fixtures/pg2-tiny", &Default::default(), &options)?;
+    /// assert_eq!(model.weight_format(), WeightFormat::Int8);
     /// # Ok(()) }
     /// ```
     ///
     /// A dtype the backend cannot compute in on `device` (bf16 on wgpu, f16 on a GPU
-    /// without half-precision shaders) is an [`Error::Backend`] before anything loads.
+    /// without half-precision shaders), or host weights ([`WeightFormat::Bf16`],
+    /// [`WeightFormat::Int8`]) on a GPU backend or with a half-precision dtype, is an
+    /// [`Error::Backend`] before anything loads.
     pub fn from_pretrained_with(
         dir: impl AsRef<Path>,
         device: &B::Device,
         options: &LoadOptions,
     ) -> Result<Self> {
         options.dtype.check_supported::<B>(device)?;
+        options
+            .weights
+            .check_supported::<B>(options.dtype, device)?;
         let dir = dir.as_ref();
         if !dir.is_dir() {
             return Err(Error::MissingFile {
@@ -106,7 +117,9 @@ impl<B: Backend> Model<B> {
                 ),
             });
         }
-        let store = WeightStore::open_dir(dir)?.with_dtype(options.dtype);
+        let store = WeightStore::open_dir(dir)?
+            .with_dtype(options.dtype)
+            .with_format(options.weights);
         let mut model = Self::from_parts(config, text, &store, device)?;
         let vae = dir.join("vae-oid.npz");
         if vae.is_file() {
@@ -141,6 +154,7 @@ impl<B: Backend> Model<B> {
             text,
             mask_decoder: None,
             device: device.clone(),
+            weight_format: store.format(),
         })
     }
 
@@ -157,6 +171,11 @@ impl<B: Backend> Model<B> {
     /// The compute dtype.
     pub fn dtype(&self) -> Dtype {
         self.decoder.dtype()
+    }
+
+    /// How the large weight matrices are held.
+    pub fn weight_format(&self) -> WeightFormat {
+        self.weight_format
     }
 
     /// The device the model runs on.

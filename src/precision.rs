@@ -90,11 +90,88 @@ impl FromStr for Dtype {
     }
 }
 
+/// How the large weight matrices (every linear layer and the tied embedding) are held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum WeightFormat {
+    /// As backend tensors in the compute [`Dtype`]: any backend.
+    #[default]
+    Backend,
+    /// bf16 in host memory, multiplied by this crate's CPU kernels with f32
+    /// accumulation (AVX-512 BF16 where the CPU has it). Half the memory of f32; a
+    /// bf16 checkpoint is used in place from its memory map. CPU backends, f32 compute.
+    Bf16,
+    /// Symmetric per-row int8 in host memory (a quarter of f32), multiplied by this
+    /// crate's CPU kernels. CPU backends, f32 compute.
+    Int8,
+}
+
+impl WeightFormat {
+    /// The name used by the CLI: `backend`, `bf16` or `int8`.
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightFormat::Backend => "backend",
+            WeightFormat::Bf16 => "bf16",
+            WeightFormat::Int8 => "int8",
+        }
+    }
+
+    /// Whether the matrices live in host memory rather than backend tensors.
+    pub fn is_host(self) -> bool {
+        self != WeightFormat::Backend
+    }
+
+    /// An error unless this format can run with `dtype` on backend `B`: host formats
+    /// need a CPU backend (their products read host memory) and f32 activations.
+    pub fn check_supported<B: Backend>(self, dtype: Dtype, device: &B::Device) -> Result<()> {
+        if !self.is_host() {
+            return Ok(());
+        }
+        if !crate::backend::is_cpu::<B>() {
+            return Err(Error::Backend(format!(
+                "{} weights are multiplied on the CPU, but the backend is {}; use a CPU \
+                 backend or --weights backend",
+                self.name(),
+                B::name(device)
+            )));
+        }
+        if dtype != Dtype::F32 {
+            return Err(Error::Backend(format!(
+                "{} weights compute activations in f32; got --dtype {dtype}",
+                self.name()
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for WeightFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for WeightFormat {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "backend" => Ok(WeightFormat::Backend),
+            "bf16" | "bfloat16" => Ok(WeightFormat::Bf16),
+            "int8" | "i8" | "q8" => Ok(WeightFormat::Int8),
+            _ => Err(Error::Backend(format!(
+                "unknown weight format {s:?}: expected backend, bf16 or int8"
+            ))),
+        }
+    }
+}
+
 /// How [`Model::from_pretrained_with`](crate::Model::from_pretrained_with) loads a checkpoint.
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
     /// Compute dtype (default f32).
     pub dtype: Dtype,
+    /// How the large matrices are stored and multiplied (default: backend tensors).
+    pub weights: WeightFormat,
 }
 
 #[cfg(test)]

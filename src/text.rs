@@ -4,10 +4,12 @@
 
 use burn::tensor::{Bool, FloatDType, Int, Tensor, TensorData, backend::Backend};
 
+use crate::host::HostMatrix;
+
 use crate::attention::{KvCache, Rope, RowLayout, apply_rope, grouped_attention, prefix_lm_mask};
 use crate::config::{TextArch, TextConfig};
 use crate::error::Result;
-use crate::layers::{Linear, RmsNorm, gelu_tanh, matmul_transposed};
+use crate::layers::{Linear, RmsNorm, feed_forward, host_matmul_transposed, matmul_transposed};
 use crate::precision::Dtype;
 use crate::weights::WeightStore;
 
@@ -33,11 +35,17 @@ struct DecoderLayer<B: Backend> {
 /// Gemma decoder with a tied output projection.
 pub struct Decoder<B: Backend> {
     config: TextConfig,
-    embed: Tensor<B, 2>,
+    embed: Embedding<B>,
     layers: Vec<DecoderLayer<B>>,
     norm: RmsNorm<B>,
     rope: Rope,
     dtype: Dtype,
+}
+
+/// The tied embedding table, as a backend tensor or a host matrix.
+enum Embedding<B: Backend> {
+    Tensor(Tensor<B, 2>),
+    Host(HostMatrix),
 }
 
 /// The per-call inputs shared by every layer.
@@ -95,11 +103,14 @@ impl<B: Backend> Decoder<B> {
             .collect::<Result<Vec<_>>>()?;
         Ok(Decoder {
             config: c.clone(),
-            embed: store.tensor(
-                &format!("{PREFIX}.embed_tokens.weight"),
-                [c.vocab_size, h],
-                device,
-            )?,
+            embed: {
+                let name = format!("{PREFIX}.embed_tokens.weight");
+                if store.format().is_host() {
+                    Embedding::Host(store.host_matrix(&name, c.vocab_size, h)?)
+                } else {
+                    Embedding::Tensor(store.tensor(&name, [c.vocab_size, h], device)?)
+                }
+            },
             layers,
             norm: RmsNorm::load(store, &format!("{PREFIX}.norm"), h, eps, device)?,
             dtype: store.dtype(),
@@ -117,13 +128,25 @@ impl<B: Backend> Decoder<B> {
     pub fn embed(&self, ids: &[Vec<u32>], device: &B::Device) -> Tensor<B, 3> {
         let b = ids.len();
         let s = ids.first().map_or(0, Vec::len);
-        let flat: Vec<i64> = ids.iter().flatten().map(|&i| i64::from(i)).collect();
-        let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(flat, [b * s]), device);
         let hidden = self.config.hidden_size;
         // The reference rounds the scale to the compute dtype; so does burn, converting
         // the scalar to the tensor's element type.
         let scale = (hidden as f32).sqrt();
-        (self.embed.clone().select(0, idx) * scale).reshape([b, s, hidden])
+        match &self.embed {
+            Embedding::Tensor(table) => {
+                let flat: Vec<i64> = ids.iter().flatten().map(|&i| i64::from(i)).collect();
+                let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(flat, [b * s]), device);
+                (table.clone().select(0, idx) * scale).reshape([b, s, hidden])
+            }
+            Embedding::Host(table) => {
+                let mut out = vec![0f32; b * s * hidden];
+                for (row, &id) in out.chunks_mut(hidden).zip(ids.iter().flatten()) {
+                    table.row_into(id as usize, row);
+                    row.iter_mut().for_each(|v| *v *= scale);
+                }
+                Tensor::from_data(TensorData::new(out, [b, s, hidden]), device)
+            }
+        }
     }
 
     /// Run the decoder over `x` `[batch, seq, hidden]`, appending to `cache`, and return
@@ -169,7 +192,11 @@ impl<B: Backend> Decoder<B> {
     /// f32 logits `[batch, seq, vocab]` from final hidden states, through the tied
     /// embedding and the final soft cap.
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        let logits = matmul_transposed(hidden, &self.embed).cast(FloatDType::F32);
+        let logits = match &self.embed {
+            Embedding::Tensor(table) => matmul_transposed(hidden, table),
+            Embedding::Host(table) => host_matmul_transposed(hidden, table),
+        }
+        .cast(FloatDType::F32);
         match self.config.final_logit_softcapping {
             Some(cap) => (logits / cap).tanh() * cap,
             None => logits,
@@ -216,9 +243,7 @@ impl<B: Backend> DecoderLayer<B> {
         };
         let h = x + attn;
         let m = self.pre_mlp_norm.forward(h.clone());
-        let mlp = self
-            .down
-            .forward(gelu_tanh(self.gate.forward(m.clone())) * self.up.forward(m));
+        let mlp = feed_forward(m, &self.gate, Some(&self.up), &self.down);
         let mlp = match &self.post_mlp_norm {
             Some(n) => n.forward(mlp),
             None => mlp,

@@ -6,7 +6,7 @@ use burn::tensor::{Tensor, backend::Backend};
 use crate::attention::grouped_attention;
 use crate::config::VisionConfig;
 use crate::error::Result;
-use crate::layers::{LayerNorm, Linear, gelu_tanh};
+use crate::layers::{LayerNorm, Linear, feed_forward};
 use crate::weights::WeightStore;
 
 const PREFIX: &str = "vision_tower.vision_model";
@@ -85,7 +85,7 @@ impl<B: Backend> VisionTower<B> {
         let c = &self.config;
         let [b, ch, height, width] = pixels.dims();
         // Pixels arrive in f32; the tower runs in the weights' dtype.
-        let pixels = pixels.cast(self.patch_embed.weight().dtype());
+        let pixels = pixels.cast(self.positions.dtype());
         let p = c.patch_size;
         let (gh, gw) = (height / p, width / p);
         // Non-overlapping patches flattened in the conv weight's (channel, row, col)
@@ -114,9 +114,7 @@ impl<B: Backend> EncoderLayer<B> {
         let attn = grouped_attention(q, k, v, None, (hd as f64).powf(-0.5), None);
         let attn = attn.swap_dims(1, 2).reshape([b, n, h]);
         let x = x + self.out.forward(attn);
-        let mlp = self
-            .fc2
-            .forward(gelu_tanh(self.fc1.forward(self.ln2.forward(x.clone()))));
+        let mlp = feed_forward(self.ln2.forward(x.clone()), &self.fc1, None, &self.fc2);
         x + mlp
     }
 }

@@ -7,18 +7,21 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype, Metadata};
 
 use crate::error::{Error, Result};
-use crate::precision;
+use crate::host::{HostMatrix, to_bf16};
+use crate::precision::{self, WeightFormat};
 
 /// One memory-mapped safetensors file and its parsed header.
 struct MappedFile {
     path: PathBuf,
-    mmap: Mmap,
+    /// Shared with bf16 host matrices that use the mapping in place.
+    mmap: Arc<Mmap>,
     data_start: usize,
     metadata: Metadata,
 }
@@ -36,7 +39,7 @@ impl MappedFile {
             })?;
         Ok(MappedFile {
             path: path.to_path_buf(),
-            mmap,
+            mmap: Arc::new(mmap),
             data_start: 8 + header_len,
             metadata,
         })
@@ -80,6 +83,18 @@ impl RawTensor<'_> {
         self.decode(|x| x)
     }
 
+    /// Bytes per element, or an error for dtypes a checkpoint's floats cannot have.
+    fn width(&self) -> Result<usize> {
+        match self.dtype {
+            Dtype::F32 => Ok(4),
+            Dtype::BF16 | Dtype::F16 => Ok(2),
+            other => Err(Error::TensorDtype {
+                name: self.name.to_string(),
+                dtype: format!("{other:?}"),
+            }),
+        }
+    }
+
     /// Decode every element and map it through `cast`, on all cores: a 3B checkpoint is
     /// billions of values, and converting straight into the target type keeps a single
     /// output buffer (no f32 copy of a half-precision tensor).
@@ -89,16 +104,7 @@ impl RawTensor<'_> {
         // A closure type (not a fn pointer) so the per-element cast is inlined.
         F: Fn(f32) -> T + Copy + Send,
     {
-        let width = match self.dtype {
-            Dtype::F32 => 4,
-            Dtype::BF16 | Dtype::F16 => 2,
-            other => {
-                return Err(Error::TensorDtype {
-                    name: self.name.to_string(),
-                    dtype: format!("{other:?}"),
-                });
-            }
-        };
+        let width = self.width()?;
         let n = self.bytes.len() / width;
         let mut out = vec![T::default(); n];
         let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
@@ -169,6 +175,7 @@ pub struct WeightStore {
     files: Vec<MappedFile>,
     index: HashMap<String, usize>,
     dtype: precision::Dtype,
+    format: WeightFormat,
 }
 
 impl WeightStore {
@@ -213,6 +220,7 @@ impl WeightStore {
             files,
             index,
             dtype: precision::Dtype::F32,
+            format: WeightFormat::Backend,
         })
     }
 
@@ -225,6 +233,17 @@ impl WeightStore {
     /// The dtype tensors are converted into.
     pub fn dtype(&self) -> precision::Dtype {
         self.dtype
+    }
+
+    /// Hold the large matrices in `format` (default: backend tensors).
+    pub fn with_format(mut self, format: WeightFormat) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// How the large matrices are held.
+    pub fn format(&self) -> WeightFormat {
+        self.format
     }
 
     /// Names of every tensor in the checkpoint.
@@ -289,13 +308,49 @@ impl WeightStore {
         self.tensor_as(canonical, shape, device, precision::Dtype::F32)
     }
 
-    fn tensor_as<B: Backend, const D: usize>(
+    /// Load a `[rows, cols]` matrix into host memory in the store's (host) format.
+    ///
+    /// A bf16 tensor is used in place from the mapping when it is aligned, so loading
+    /// copies nothing; other tensors are converted on all cores, a block of rows at a
+    /// time (no f32 copy of the whole tensor), and their mapped pages released.
+    pub(crate) fn host_matrix(
         &self,
         canonical: &str,
-        shape: [usize; D],
-        device: &B::Device,
-        dtype: precision::Dtype,
-    ) -> Result<Tensor<B, D>> {
+        rows: usize,
+        cols: usize,
+    ) -> Result<HostMatrix> {
+        let raw = self.checked(canonical, &[rows, cols])?;
+        let file = &self.files[raw.file];
+        if self.format == WeightFormat::Bf16
+            && raw.dtype == Dtype::BF16
+            && let Some(m) = HostMatrix::mapped_bf16(&file.mmap, raw.range.start, rows, cols)
+        {
+            return Ok(m);
+        }
+        let matrix = match self.format {
+            WeightFormat::Int8 => {
+                let width = raw.width()?;
+                HostMatrix::int8_rows(rows, cols, |r, out| {
+                    convert(
+                        raw.dtype,
+                        &raw.bytes[r * cols * width..(r + 1) * cols * width],
+                        out,
+                    )
+                })
+            }
+            _ => HostMatrix::bf16(rows, cols, raw.decode(to_bf16)?),
+        };
+        file.release(raw.range.clone());
+        Ok(matrix)
+    }
+
+    /// A tensor's values in f32 on the host (small vectors: host-weight biases).
+    pub(crate) fn values_f32(&self, canonical: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        self.checked(canonical, shape)?.to_f32()
+    }
+
+    /// Find a tensor and check its shape.
+    fn checked(&self, canonical: &str, shape: &[usize]) -> Result<RawTensor<'_>> {
         let raw = self.find(canonical)?;
         if raw.shape != shape {
             return Err(Error::TensorShape {
@@ -304,6 +359,17 @@ impl WeightStore {
                 expected: shape.to_vec(),
             });
         }
+        Ok(raw)
+    }
+
+    fn tensor_as<B: Backend, const D: usize>(
+        &self,
+        canonical: &str,
+        shape: [usize; D],
+        device: &B::Device,
+        dtype: precision::Dtype,
+    ) -> Result<Tensor<B, D>> {
+        let raw = self.checked(canonical, &shape)?;
         let data = raw.to_data(shape, dtype)?;
         self.files[raw.file].release(raw.range.clone());
         Ok(Tensor::from_data(data, (device, dtype.burn_dtype())))

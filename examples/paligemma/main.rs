@@ -22,7 +22,9 @@ use clap::{Args, Parser, Subcommand};
 use paligemma::mask::MaskDecoder;
 use paligemma::pipeline::segmentations_from_text;
 use paligemma::task::{Skipped, Task, parse_detections};
-use paligemma::{Dtype, GenerateOptions, Generation, LoadOptions, Model, Segmentation};
+use paligemma::{
+    Dtype, GenerateOptions, Generation, LoadOptions, Model, Segmentation, WeightFormat,
+};
 use serde_json::{Value, json};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -38,6 +40,10 @@ struct Cli {
     /// Compute dtype: f32, f16 (cpu, wgpu, cuda) or bf16 (cpu, cuda).
     #[arg(long, global = true, default_value = "f32")]
     dtype: String,
+    /// Weight matrices: backend (tensors in --dtype), or bf16 / int8 in host memory
+    /// multiplied by the crate's CPU kernels (CPU backends, --dtype f32).
+    #[arg(long, global = true, default_value = "backend")]
+    weights: String,
 }
 
 #[derive(Subcommand)]
@@ -104,7 +110,7 @@ struct ModelArgs {
     /// Print one JSON object as the last line of stdout.
     #[arg(long)]
     json: bool,
-    /// Set from the global `--dtype`.
+    /// Set from the global `--dtype` and `--weights`.
     #[arg(skip)]
     load: LoadOptions,
 }
@@ -208,8 +214,10 @@ fn main() -> ExitCode {
 /// Pick the backend named by `--device`; a backend this build lacks names its feature.
 fn dispatch(mut cli: Cli) -> Res<()> {
     let dtype: Dtype = cli.dtype.parse()?;
+    let weights: WeightFormat = cli.weights.parse()?;
     if let Some(args) = cli.command.model_args() {
         args.load.dtype = dtype;
+        args.load.weights = weights;
     }
     let missing = |feature: &str| -> Res<()> {
         Err(format!(
