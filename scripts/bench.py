@@ -67,9 +67,10 @@ def warm_page_cache(model: Path):
                 pass
 
 
-def ours(args, device="cpu", dtype="f32", warmup=0, timeout=None):
+def ours(args, device="cpu", dtype="f32", warmup=0, timeout=None, weights="backend"):
     warm_page_cache(args.model)
-    out, rss = timed([str(args.cli), "--device", device, "--dtype", dtype, "generate", "--model", str(args.model),
+    out, rss = timed([str(args.cli), "--device", device, "--dtype", dtype, "--weights", weights,
+                      "generate", "--model", str(args.model),
                       "--image", str(args.image), "--prompt", args.prompt, "--max-new-tokens", str(args.tokens),
                       "--ignore-eos", "--json", "--warmup", str(warmup)], timeout)
     r = json.loads(out.strip().splitlines()[-1])
@@ -167,7 +168,9 @@ def main():
     ap.add_argument("--batch-sizes", help="comma-separated batch sizes: measure batch throughput instead")
     ap.add_argument("--batch-images", type=int, default=4)
     ap.add_argument("--cli", type=Path, default=CLI, help="the paligemma example binary")
-    ap.add_argument("--ours-dtypes", default="f32,f16", help="our compute dtypes to time (comma-separated)")
+    ap.add_argument("--ours", default="f32,f16,bf16-weights,int8-weights",
+                    help="our configurations to time, comma-separated: a compute dtype (f32, f16, bf16), "
+                         "or bf16-weights / int8-weights (f32 activations, host bf16/int8 weight kernels)")
     ap.add_argument("--gpu", action="store_true", help="time cuda and wgpu against transformers on cuda")
     ap.add_argument("--timeout", type=float, default=240, help="seconds per run in --gpu mode")
     ap.add_argument("--hf-device", default="cpu", help=argparse.SUPPRESS)
@@ -192,9 +195,15 @@ def main():
     import torch
     import transformers
 
-    dtypes = args.ours_dtypes.split(",")
+    dtypes = args.ours.split(",")
+
+    def run_ours(config):
+        if config.endswith("-weights"):
+            return ours(args, dtype="f32", weights=config.removesuffix("-weights"))
+        return ours(args, dtype=config)
+
     try:
-        results = {f"ours ({d})": ours(args, dtype=d) for d in dtypes}
+        results = {f"ours ({d})": run_ours(d) for d in dtypes}
         results["transformers float32"] = hf(args, "float32")
         results["transformers bfloat16"] = hf(args, "bfloat16")
     except Failed as e:
