@@ -118,21 +118,35 @@ impl HostMatrix {
         })
     }
 
-    /// Quantize to symmetric per-row int8 (scale = max |w| / 127), rows in parallel;
-    /// `fill(r, buf)` writes row `r` in f32 into `buf`.
-    pub fn int8_rows(rows: usize, cols: usize, fill: impl Fn(usize, &mut [f32]) + Sync) -> Self {
+    /// Quantize to symmetric per-row int8 (scale = max |w| / 127), in blocks of rows,
+    /// each block's rows in parallel; `fill(r, buf)` writes row `r` in f32 into `buf`,
+    /// and `done(rows)` is called after each block (to release its source pages).
+    pub fn int8_rows(
+        rows: usize,
+        cols: usize,
+        fill: impl Fn(usize, &mut [f32]) + Sync,
+        mut done: impl FnMut(std::ops::Range<usize>),
+    ) -> Self {
+        const BLOCK: usize = 1024;
         let mut q = vec![0i8; rows * cols];
-        let mut scale = vec![0f32; rows];
-        q.par_chunks_mut(cols.max(1))
-            .zip(scale.par_iter_mut())
-            .enumerate()
-            .for_each_init(
-                || vec![0f32; cols],
-                |w, (r, (q, s))| {
-                    fill(r, w);
-                    *s = quantize_row(w, q);
-                },
-            );
+        let mut scale = vec![1f32; rows];
+        let blocks = q
+            .chunks_mut(BLOCK * cols.max(1))
+            .zip(scale.chunks_mut(BLOCK));
+        for (b, (q, scale)) in blocks.enumerate() {
+            let r0 = b * BLOCK;
+            q.par_chunks_mut(cols.max(1))
+                .zip(scale.par_iter_mut())
+                .enumerate()
+                .for_each_init(
+                    || vec![0f32; cols],
+                    |w, (r, (q, s))| {
+                        fill(r0 + r, w);
+                        *s = quantize_row(w, q);
+                    },
+                );
+            done(r0..r0 + scale.len());
+        }
         HostMatrix {
             rows,
             cols,
@@ -143,9 +157,12 @@ impl HostMatrix {
     /// [`HostMatrix::int8_rows`] from row-major f32 values.
     #[cfg(test)]
     pub fn int8(rows: usize, cols: usize, values: &[f32]) -> Self {
-        Self::int8_rows(rows, cols, |r, out| {
-            out.copy_from_slice(&values[r * cols..(r + 1) * cols])
-        })
+        Self::int8_rows(
+            rows,
+            cols,
+            |r, out| out.copy_from_slice(&values[r * cols..(r + 1) * cols]),
+            |_| {},
+        )
     }
 
     /// Number of rows (outputs of a product).
@@ -261,7 +278,14 @@ fn transpose(t: &[f32], n: usize, m: usize) -> Vec<f32> {
 /// `dst[c * ds + r] = src[r * ss + c]` for `r < rows`, `c < cols`, in 16 x 16 tiles so
 /// reads and writes both touch whole cache lines (a plain column walk over rows 64 KiB
 /// apart aliases in L1 and was a tenth of the prefill).
-fn transpose_into<T: Copy>(src: &[T], ss: usize, dst: &mut [T], ds: usize, rows: usize, cols: usize) {
+fn transpose_into<T: Copy>(
+    src: &[T],
+    ss: usize,
+    dst: &mut [T],
+    ds: usize,
+    rows: usize,
+    cols: usize,
+) {
     const TILE: usize = 16;
     for r0 in (0..rows).step_by(TILE) {
         let r1 = (r0 + TILE).min(rows);
@@ -305,7 +329,11 @@ fn quantize_row_body(w: &[f32], q: &mut [i8]) -> f32 {
         }
     }
     let max = lanes.iter().fold(0f32, |m, &v| m.max(v));
-    let scale = if max > 0.0 && max.is_finite() { max / 127.0 } else { 1.0 };
+    let scale = if max > 0.0 && max.is_finite() {
+        max / 127.0
+    } else {
+        1.0
+    };
     let inv = 1.0 / scale;
     for (q, &w) in q.iter_mut().zip(w) {
         *q = ((w * inv).clamp(-127.0, 127.0) + ROUND - ROUND) as i8;

@@ -329,14 +329,24 @@ impl WeightStore {
         }
         let matrix = match self.format {
             WeightFormat::Int8 => {
-                let width = raw.width()?;
-                HostMatrix::int8_rows(rows, cols, |r, out| {
-                    convert(
-                        raw.dtype,
-                        &raw.bytes[r * cols * width..(r + 1) * cols * width],
-                        out,
-                    )
-                })
+                // Rows are released as they are quantized, so peak memory is the int8
+                // weights plus one block of source rows, not plus a whole bf16 table.
+                let row_bytes = cols * raw.width()?;
+                let start = raw.range.start;
+                HostMatrix::int8_rows(
+                    rows,
+                    cols,
+                    |r, out| {
+                        convert(
+                            raw.dtype,
+                            &raw.bytes[r * row_bytes..(r + 1) * row_bytes],
+                            out,
+                        )
+                    },
+                    |done| {
+                        file.release(start + done.start * row_bytes..start + done.end * row_bytes)
+                    },
+                )
             }
             _ => HostMatrix::bf16(rows, cols, raw.decode(to_bf16)?),
         };
