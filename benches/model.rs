@@ -9,7 +9,7 @@ use std::path::Path;
 use burn::tensor::{Tensor, TensorData};
 use criterion::{Criterion, criterion_group, criterion_main};
 use paligemma::attention::RowLayout;
-use paligemma::{Dtype, LoadOptions, Model, backend::Cpu};
+use paligemma::{Dtype, LoadOptions, Model, WeightFormat, backend::Cpu};
 use safetensors::{Dtype as StDtype, tensor::TensorView};
 
 const IMAGE: usize = 224;
@@ -155,11 +155,15 @@ fn benches(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
     write_checkpoint(dir.path());
     let device = Default::default();
-    for dtype in [Dtype::F32, Dtype::F16] {
-        let options = LoadOptions {
-            dtype,
-            ..Default::default()
-        };
+    let configs = [
+        (Dtype::F32, WeightFormat::Backend, "f32"),
+        (Dtype::F16, WeightFormat::Backend, "f16"),
+        (Dtype::F32, WeightFormat::Bf16, "bf16_weights"),
+        (Dtype::F32, WeightFormat::Int8, "int8_weights"),
+    ];
+    for (dtype, weights, dtype_name) in configs {
+        let options = LoadOptions { dtype, weights };
+        let dtype = dtype_name;
         let model = Model::<Cpu>::from_pretrained_with(dir.path(), &device, &options)
             .expect("load mid-size model");
         let pixels = Tensor::<Cpu, 4>::from_data(

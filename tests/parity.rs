@@ -206,6 +206,24 @@ fn int8_host_weights_on_cpu() {
     }
 }
 
+/// Host weights compute activations in f32: a half-precision dtype with them is an
+/// error naming both, not a silently different model.
+#[test]
+fn host_weights_refuse_half_activations() {
+    let options = LoadOptions {
+        dtype: Dtype::F16,
+        weights: WeightFormat::Bf16,
+    };
+    let dir = fixtures().join("pg2-tiny");
+    match Model::<Cpu>::from_pretrained_with(dir, &Default::default(), &options) {
+        Err(paligemma::Error::Backend(msg)) => {
+            assert!(msg.contains("f16") && msg.contains("bf16 weights"), "{msg}")
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("f16 activations with bf16 host weights must be refused"),
+    }
+}
+
 #[test]
 fn paligemma1_hub_layout_sharded_f32_mqa() {
     check_model::<Cpu>("pg1-tiny", &Default::default());
@@ -265,6 +283,16 @@ fn half_precision_on_wgpu() {
             assert!(Wgpu::supports_dtype(&device, DType::BF16));
             check_half::<Wgpu>("pg2-tiny", Dtype::Bf16, &device);
         }
+    }
+    // Host weight kernels read host memory: refused on a GPU backend, before loading.
+    let options = LoadOptions {
+        weights: WeightFormat::Int8,
+        ..Default::default()
+    };
+    match Model::<Wgpu>::from_pretrained_with(fixtures().join("pg2-tiny"), &device, &options) {
+        Err(paligemma::Error::Backend(msg)) => assert!(msg.contains("CPU"), "{msg}"),
+        Err(e) => panic!("int8 weights on wgpu: unexpected error {e}"),
+        Ok(_) => panic!("int8 weights on wgpu must be refused"),
     }
 }
 
