@@ -26,12 +26,16 @@ const BLOCK_K: usize = 4096;
 /// k block of the packed (outer-product) kernel; see `Operand::block_k`.
 #[cfg(target_arch = "x86_64")]
 const PACKED_BLOCK_K: usize = 1024;
+/// k block of the f32 outer-product kernel: a packed block of 268 rows is 0.5 MiB.
+#[cfg(target_arch = "x86_64")]
+const F32_BLOCK_K: usize = 512;
 /// Activation rows at or below this use the streaming path (decode steps).
 const STREAM_ROWS: usize = 4;
 
-/// bf16 values, owned or borrowed from a memory-mapped checkpoint (zero-copy load).
-enum Halves {
-    Owned(Vec<u16>),
+/// Plain values (bf16 bits or f32), owned or borrowed from a memory-mapped checkpoint
+/// (zero-copy load).
+enum Values<T> {
+    Owned(Vec<T>),
     Mapped {
         map: Arc<Mmap>,
         offset: usize,
@@ -39,22 +43,39 @@ enum Halves {
     },
 }
 
-impl Halves {
-    fn as_slice(&self) -> &[u16] {
+impl<T: Copy> Values<T> {
+    /// Borrow `len` little-endian values at byte `offset` of a mapping, or `None` when
+    /// they are not aligned for `T` (or the host is big-endian) and must be copied.
+    fn mapped(map: &Arc<Mmap>, offset: usize, len: usize) -> Option<Self> {
+        let aligned = (map.as_ptr() as usize + offset).is_multiple_of(std::mem::align_of::<T>());
+        let fits = len
+            .checked_mul(std::mem::size_of::<T>())
+            .and_then(|bytes| offset.checked_add(bytes))
+            .is_some_and(|end| end <= map.len());
+        (cfg!(target_endian = "little") && aligned && fits).then(|| Values::Mapped {
+            map: Arc::clone(map),
+            offset,
+            len,
+        })
+    }
+
+    fn as_slice(&self) -> &[T] {
         match self {
-            Halves::Owned(v) => v,
-            // SAFETY: `offset` is 2-aligned and `offset + 2 * len` lies inside the
-            // mapping (checked in `HostMatrix::mapped_bf16`); the mapping is read-only
-            // and lives as long as `self`.
-            Halves::Mapped { map, offset, len } => unsafe {
-                std::slice::from_raw_parts(map.as_ptr().add(*offset).cast::<u16>(), *len)
+            Values::Owned(v) => v,
+            // SAFETY: `offset` is aligned for `T` and `len` values fit inside the
+            // mapping (checked in `Values::mapped`); `T` is u16 or f32, for which
+            // every bit pattern is valid; the mapping is read-only and lives as long
+            // as `self`.
+            Values::Mapped { map, offset, len } => unsafe {
+                std::slice::from_raw_parts(map.as_ptr().add(*offset).cast::<T>(), *len)
             },
         }
     }
 }
 
 enum Storage {
-    Bf16(Halves),
+    F32(Values<f32>),
+    Bf16(Values<u16>),
     /// Symmetric per-row int8: `W[r][c] = q[r][c] * scale[r]`.
     Int8 {
         q: Vec<i8>,
@@ -95,26 +116,38 @@ impl HostMatrix {
         HostMatrix {
             rows,
             cols,
-            storage: Storage::Bf16(Halves::Owned(values)),
+            storage: Storage::Bf16(Values::Owned(values)),
+        }
+    }
+
+    /// Own an f32 matrix.
+    pub fn f32(rows: usize, cols: usize, values: Vec<f32>) -> Self {
+        debug_assert_eq!(values.len(), rows * cols);
+        HostMatrix {
+            rows,
+            cols,
+            storage: Storage::F32(Values::Owned(values)),
         }
     }
 
     /// Borrow `rows * cols` little-endian bf16 values at byte `offset` of a mapping, or
-    /// `None` when they are not 2-aligned (or the host is big-endian) and must be copied.
+    /// `None` when they must be copied (see `Values::mapped`).
     pub fn mapped_bf16(map: &Arc<Mmap>, offset: usize, rows: usize, cols: usize) -> Option<Self> {
-        let len = rows * cols;
-        let aligned = (map.as_ptr() as usize + offset).is_multiple_of(2);
-        let fits = offset
-            .checked_add(2 * len)
-            .is_some_and(|end| end <= map.len());
-        (cfg!(target_endian = "little") && aligned && fits).then(|| HostMatrix {
+        let values = Values::mapped(map, offset, rows * cols)?;
+        Some(HostMatrix {
             rows,
             cols,
-            storage: Storage::Bf16(Halves::Mapped {
-                map: Arc::clone(map),
-                offset,
-                len,
-            }),
+            storage: Storage::Bf16(values),
+        })
+    }
+
+    /// [`HostMatrix::mapped_bf16`] for f32 values.
+    pub fn mapped_f32(map: &Arc<Mmap>, offset: usize, rows: usize, cols: usize) -> Option<Self> {
+        let values = Values::mapped(map, offset, rows * cols)?;
+        Some(HostMatrix {
+            rows,
+            cols,
+            storage: Storage::F32(values),
         })
     }
 
@@ -177,6 +210,7 @@ impl HostMatrix {
 
     fn format_name(&self) -> &'static str {
         match self.storage {
+            Storage::F32(_) => "f32",
             Storage::Bf16(_) => "bf16",
             Storage::Int8 { .. } => "int8",
         }
@@ -186,6 +220,7 @@ impl HostMatrix {
     pub fn row_into(&self, r: usize, out: &mut [f32]) {
         let range = r * self.cols..(r + 1) * self.cols;
         match &self.storage {
+            Storage::F32(v) => out.copy_from_slice(&v.as_slice()[range]),
             Storage::Bf16(h) => {
                 for (o, &v) in out.iter_mut().zip(&h.as_slice()[range]) {
                     *o = from_bf16(v);
@@ -211,6 +246,7 @@ impl HostMatrix {
         let mut out_t = vec![0f32; n * m];
         if m > 0 && n > 0 {
             match &self.storage {
+                Storage::F32(w) => f32_product(isa, x, m, w.as_slice(), k, &mut out_t),
                 Storage::Int8 { q, scale } if m <= STREAM_ROWS => {
                     out_t
                         .par_chunks_mut(BLOCK_ROWS * m)
@@ -235,6 +271,7 @@ impl HostMatrix {
                                     let w = &h.as_slice()[r0 * k..(r0 + rows) * k];
                                     bf16_block(&a, m, w, k, out);
                                 }
+                                Storage::F32(_) => unreachable!("f32 handled above"),
                                 Storage::Int8 { q, scale } => {
                                     let q = &q[r0 * k..(r0 + rows) * k];
                                     int8_block(isa, &a, m, q, k, scratch, out);
@@ -413,6 +450,10 @@ fn exp(x: f32) -> f32 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Isa {
     Portable,
+    /// AVX-512 F and BW: the f32 and int8 kernels.
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    /// AVX-512 with BF16 dot products: every kernel.
     #[cfg(target_arch = "x86_64")]
     Avx512Bf16,
 }
@@ -420,11 +461,12 @@ enum Isa {
 impl Isa {
     fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx512f")
-            && std::is_x86_feature_detected!("avx512bw")
-            && std::is_x86_feature_detected!("avx512bf16")
-        {
-            return Isa::Avx512Bf16;
+        if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw") {
+            return if std::is_x86_feature_detected!("avx512bf16") {
+                Isa::Avx512Bf16
+            } else {
+                Isa::Avx512
+            };
         }
         Isa::Portable
     }
@@ -438,7 +480,7 @@ fn round_to_bf16(isa: Isa, x: &[f32]) -> Vec<u16> {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Isa::Avx512Bf16` is only chosen when the CPU has these features.
             Isa::Avx512Bf16 => unsafe { avx512::round_to_bf16(x, o) },
-            Isa::Portable => o.iter_mut().zip(x).for_each(|(o, &v)| *o = to_bf16(v)),
+            _ => o.iter_mut().zip(x).for_each(|(o, &v)| *o = to_bf16(v)),
         });
     out
 }
@@ -569,7 +611,7 @@ fn int8_block(
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: features checked by `Isa::detect`.
                 Isa::Avx512Bf16 => unsafe { avx512::widen_i8(src, dst) },
-                Isa::Portable => {
+                _ => {
                     for (d, &s) in dst.iter_mut().zip(src) {
                         *d = to_bf16(f32::from(s));
                     }
@@ -608,7 +650,7 @@ fn strips(
                 Isa::Avx512Bf16 => unsafe {
                     avx512::tile_bf16(a_rows, lda, mr, w_rows, ldw, nr, kc, &mut acc)
                 },
-                Isa::Portable => portable_tile(a_rows, lda, mr, w_rows, ldw, nr, kc, &mut acc),
+                _ => portable_tile(a_rows, lda, mr, w_rows, ldw, nr, kc, &mut acc),
             }
             for (i, acc) in acc.iter().enumerate().take(mr) {
                 for (j, &v) in acc.iter().enumerate().take(nr) {
@@ -647,27 +689,111 @@ fn portable_tile(
 /// The int8 product for a few f32 activation rows (decode), reading each weight byte
 /// once: bandwidth, not arithmetic, bounds it.
 fn int8_stream(isa: Isa, x: &[f32], m: usize, q: &[i8], scale: &[f32], k: usize, out: &mut [f32]) {
-    for (j4, (out, scale)) in out.chunks_mut(4 * m).zip(scale.chunks(4)).enumerate() {
-        let w = &q[j4 * 4 * k..(j4 * 4 + scale.len()) * k];
-        for i in 0..m {
-            let x = &x[i * k..(i + 1) * k];
-            let mut dots = [0f32; 4];
-            match isa {
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: features checked by `Isa::detect`; `w` holds `scale.len()`
-                // rows of `k` values and `x` holds `k`.
-                Isa::Avx512Bf16 => unsafe { avx512::dot4_i8_f32(w, k, scale.len(), x, &mut dots) },
-                Isa::Portable => {
-                    for (d, w) in dots.iter_mut().zip(w.chunks(k)) {
-                        *d = w.iter().zip(x).map(|(&w, &x)| f32::from(w) * x).sum();
-                    }
-                }
+    stream(x, m, q, k, out, |w, rows, x, dots| match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: features checked by `Isa::detect`; `w` holds `rows` rows of `k`
+        // values and `x` holds `k`.
+        Isa::Avx512 | Isa::Avx512Bf16 => unsafe { avx512::dot4_i8_f32(w, k, rows, x, dots) },
+        Isa::Portable => {
+            for (d, w) in dots.iter_mut().zip(w.chunks(k)) {
+                *d = w.iter().zip(x).map(|(&w, &x)| f32::from(w) * x).sum();
             }
-            for (j, (&d, &s)) in dots.iter().zip(scale).enumerate() {
-                out[j * m + i] = d * s;
+        }
+    });
+    for (out, s) in out.chunks_mut(m).zip(scale) {
+        out.iter_mut().for_each(|v| *v *= s);
+    }
+}
+
+/// `out[j * m + i] = dot4(w rows j..j + 4, x row i)` for weight rows `w` `[rows, k]`,
+/// four weight rows per pass so each activation load serves four products.
+fn stream<T>(
+    x: &[f32],
+    m: usize,
+    w: &[T],
+    k: usize,
+    out: &mut [f32],
+    dot4: impl Fn(&[T], usize, &[f32], &mut [f32; 4]),
+) {
+    for (j4, out) in out.chunks_mut(4 * m).enumerate() {
+        let rows = out.len() / m;
+        let w = &w[j4 * 4 * k..(j4 * 4 + rows) * k];
+        for i in 0..m {
+            let mut dots = [0f32; 4];
+            dot4(w, rows, &x[i * k..(i + 1) * k], &mut dots);
+            for (j, &d) in dots.iter().enumerate().take(rows) {
+                out[j * m + i] = d;
             }
         }
     }
+}
+
+/// The f32 product `out_t = W · xᵀ` (`[n, m]`), exact f32 arithmetic: an AVX-512
+/// outer-product kernel over a packed operand for prompts, streaming for decode steps.
+fn f32_product(isa: Isa, x: &[f32], m: usize, w: &[f32], k: usize, out_t: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa != Isa::Portable && m > STREAM_ROWS {
+        // `[m/16][k][16]`: one 512-bit load is column `c` of 16 activation rows.
+        let groups = m.div_ceil(16);
+        let mut packed = vec![0f32; groups * k * 16];
+        packed
+            .par_chunks_mut(k * 16)
+            .enumerate()
+            .for_each(|(g, dst)| {
+                transpose_into(&x[g * 16 * k..], k, dst, 16, 16.min(m - g * 16), k)
+            });
+        out_t
+            .par_chunks_mut(BLOCK_ROWS * m)
+            .enumerate()
+            .for_each(|(b, out)| {
+                let rows = out.len() / m;
+                let w = &w[b * BLOCK_ROWS * k..(b * BLOCK_ROWS + rows) * k];
+                for k0 in (0..k).step_by(F32_BLOCK_K) {
+                    let kc = F32_BLOCK_K.min(k - k0);
+                    for j0 in (0..rows).step_by(6) {
+                        for g0 in (0..groups).step_by(4) {
+                            // SAFETY: `isa` is not portable, so the CPU has AVX-512F; the
+                            // bounds of every operand are asserted inside.
+                            unsafe {
+                                avx512::outer_f32(
+                                    &packed,
+                                    k,
+                                    g0,
+                                    4.min(groups - g0),
+                                    k0,
+                                    kc,
+                                    &w[j0 * k + k0..],
+                                    k,
+                                    6.min(rows - j0),
+                                    &mut out[j0 * m..],
+                                    m,
+                                    g0 * 16,
+                                    k0 > 0,
+                                )
+                            }
+                        }
+                    }
+                }
+            });
+        return;
+    }
+    out_t
+        .par_chunks_mut(BLOCK_ROWS * m)
+        .enumerate()
+        .for_each(|(b, out)| {
+            let rows = out.len() / m;
+            let w = &w[b * BLOCK_ROWS * k..(b * BLOCK_ROWS + rows) * k];
+            stream(x, m, w, k, out, |w, rows, x, dots| match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the CPU has AVX-512F; `w` holds `rows` rows of `k`, `x` `k`.
+                Isa::Avx512 | Isa::Avx512Bf16 => unsafe { avx512::dot4_f32(w, k, rows, x, dots) },
+                Isa::Portable => {
+                    for (d, w) in dots.iter_mut().zip(w.chunks(k)) {
+                        *d = w.iter().zip(x).map(|(&w, &x)| w * x).sum();
+                    }
+                }
+            });
+        });
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -799,13 +925,31 @@ mod avx512 {
                     }
                 }
             }
-            for (r, acc) in acc.iter().enumerate().take(nr) {
-                for (v, acc) in acc.iter().enumerate() {
-                    let lanes = valid.saturating_sub(16 * v).min(16);
-                    if lanes == 0 {
-                        break;
-                    }
-                    let mask = ((1u32 << lanes) - 1) as u16;
+            store_tile(&acc, nr, out, m, valid, accumulate);
+        }
+    }
+
+    /// Write (or add, after the first k block) `nr` rows of a 6 x `NV` accumulator tile
+    /// into `out` (row stride `m`), only the `valid` activation lanes.
+    #[inline(always)]
+    unsafe fn store_tile<const NV: usize>(
+        acc: &[[__m512; NV]; 6],
+        nr: usize,
+        out: &mut [f32],
+        m: usize,
+        valid: usize,
+        accumulate: bool,
+    ) {
+        for (r, acc) in acc.iter().enumerate().take(nr) {
+            for (v, acc) in acc.iter().enumerate() {
+                let lanes = valid.saturating_sub(16 * v).min(16);
+                if lanes == 0 {
+                    break;
+                }
+                let mask = ((1u32 << lanes) - 1) as u16;
+                // SAFETY: the caller checked that `nr` rows of `m` values from the
+                // start of `out` are in bounds; lanes past `valid` are masked off.
+                unsafe {
                     let o = out.as_mut_ptr().add(r * m + 16 * v);
                     let sum = if accumulate {
                         _mm512_add_ps(_mm512_maskz_loadu_ps(mask, o), *acc)
@@ -814,6 +958,91 @@ mod avx512 {
                     };
                     _mm512_mask_storeu_ps(o, mask, sum);
                 }
+            }
+        }
+    }
+
+    /// The f32 counterpart of `outer_bf16`: columns `c0..c0 + nc` of `nr` ≤ 6 weight
+    /// rows against activation groups `g0..g0 + nv` of an operand packed `[m/16][k][16]`,
+    /// one broadcast weight and four FMAs of 16 rows per column and weight row.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn outer_f32(
+        a: &[f32],
+        k: usize,
+        g0: usize,
+        nv: usize,
+        c0: usize,
+        nc: usize,
+        w: &[f32],
+        ldw: usize,
+        nr: usize,
+        out: &mut [f32],
+        m: usize,
+        i0: usize,
+        accumulate: bool,
+    ) {
+        assert!((1..=4).contains(&nv) && (1..=6).contains(&nr) && c0 + nc <= k);
+        assert!(a.len() >= (g0 + nv) * k * 16);
+        assert!(w.len() >= (nr - 1) * ldw + nc);
+        assert!(i0 < m && out.len() >= (nr - 1) * m + m);
+        let valid = m - i0;
+        // SAFETY: the asserts bound every read of `a`, `w` and every write of `out`;
+        // missing weight rows repeat row 0 and their sums are discarded.
+        unsafe {
+            let a = a.as_ptr().add((g0 * k + c0) * 16);
+            let gstride = k * 16;
+            let out = &mut out[i0..];
+            let wp: [*const f32; 6] =
+                std::array::from_fn(|r| w.as_ptr().add(if r < nr { r * ldw } else { 0 }));
+            macro_rules! run {
+                ($nv:literal) => {{
+                    let mut acc = [[_mm512_setzero_ps(); $nv]; 6];
+                    for c in 0..nc {
+                        let av: [__m512; $nv] =
+                            std::array::from_fn(|v| _mm512_loadu_ps(a.add(v * gstride + c * 16)));
+                        for r in 0..6 {
+                            let b = _mm512_set1_ps(*wp[r].add(c));
+                            for v in 0..$nv {
+                                acc[r][v] = _mm512_fmadd_ps(av[v], b, acc[r][v]);
+                            }
+                        }
+                    }
+                    store_tile(&acc, nr, out, m, valid, accumulate);
+                }};
+            }
+            match nv {
+                1 => run!(1),
+                2 => run!(2),
+                3 => run!(3),
+                _ => run!(4),
+            }
+        }
+    }
+
+    /// `dots[j] = Σ w[j][c] * x[c]` for `rows` ≤ 4 f32 rows of `k` values (missing rows
+    /// repeat row 0 and are discarded); each load of `x` serves four rows.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn dot4_f32(w: &[f32], k: usize, rows: usize, x: &[f32], dots: &mut [f32; 4]) {
+        assert!((1..=4).contains(&rows) && w.len() >= rows * k && x.len() >= k);
+        // SAFETY: row starts are inside `w` (asserted), masked loads touch only lanes
+        // below `k`.
+        unsafe {
+            let wp: [*const f32; 4] =
+                std::array::from_fn(|j| w.as_ptr().add(if j < rows { j * k } else { 0 }));
+            let mut acc = [_mm512_setzero_ps(); 4];
+            let mut c = 0;
+            while c < k {
+                let mask = if k - c >= 16 { u16::MAX } else { (1u16 << (k - c)) - 1 };
+                let xv = _mm512_maskz_loadu_ps(mask, x.as_ptr().add(c));
+                for j in 0..4 {
+                    let wv = _mm512_maskz_loadu_ps(mask, wp[j].add(c));
+                    acc[j] = _mm512_fmadd_ps(wv, xv, acc[j]);
+                }
+                c += 16;
+            }
+            for j in 0..4 {
+                dots[j] = _mm512_reduce_add_ps(acc[j]);
             }
         }
     }
@@ -972,10 +1201,17 @@ mod tests {
         out
     }
 
+    /// Every kernel level this CPU can run, portable included.
     fn isas() -> Vec<Isa> {
         let mut out = vec![Isa::Portable];
-        if Isa::detect() != Isa::Portable {
-            out.push(Isa::detect());
+        #[cfg(target_arch = "x86_64")]
+        {
+            if Isa::detect() != Isa::Portable {
+                out.push(Isa::Avx512);
+            }
+            if Isa::detect() == Isa::Avx512Bf16 {
+                out.push(Isa::Avx512Bf16);
+            }
         }
         out
     }
@@ -1020,6 +1256,22 @@ mod tests {
                 let wr: Vec<f64> = w.iter().map(|&v| f64::from(from_bf16(v))).collect();
                 let want = reference(&xr, &wr, &bias, m, n, k);
                 assert_close(&got, &want, k, &format!("bf16 {isa:?} {m}x{n}x{k}"));
+            }
+        }
+    }
+
+    #[test]
+    fn f32_product_matches_reference() {
+        for isa in isas() {
+            for &(m, n, k) in &SHAPES {
+                let x = values(m * k, 7);
+                let w = values(n * k, 8);
+                let bias = values(n, 9);
+                let got = HostMatrix::f32(n, k, w.clone()).matmul_t_with(&x, m, Some(&bias), isa);
+                let xr: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+                let wr: Vec<f64> = w.iter().map(|&v| f64::from(v)).collect();
+                let want = reference(&xr, &wr, &bias, m, n, k);
+                assert_close(&got, &want, k, &format!("f32 {isa:?} {m}x{n}x{k}"));
             }
         }
     }

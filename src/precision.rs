@@ -96,6 +96,10 @@ pub enum WeightFormat {
     /// As backend tensors in the compute [`Dtype`]: any backend.
     #[default]
     Backend,
+    /// f32 in host memory, multiplied by this crate's CPU kernels (AVX-512 where the CPU
+    /// has it): the same f32 arithmetic as `Backend` with f32, faster on such CPUs; an
+    /// f32 checkpoint is used in place from its memory map. CPU backends, f32 compute.
+    F32,
     /// bf16 in host memory, multiplied by this crate's CPU kernels with f32
     /// accumulation (AVX-512 BF16 where the CPU has it). Half the memory of f32; a
     /// bf16 checkpoint is used in place from its memory map. CPU backends, f32 compute.
@@ -106,10 +110,11 @@ pub enum WeightFormat {
 }
 
 impl WeightFormat {
-    /// The name used by the CLI: `backend`, `bf16` or `int8`.
+    /// The name used by the CLI: `backend`, `f32`, `bf16` or `int8`.
     pub fn name(self) -> &'static str {
         match self {
             WeightFormat::Backend => "backend",
+            WeightFormat::F32 => "f32",
             WeightFormat::Bf16 => "bf16",
             WeightFormat::Int8 => "int8",
         }
@@ -156,10 +161,11 @@ impl FromStr for WeightFormat {
     fn from_str(s: &str) -> Result<Self> {
         match s.to_ascii_lowercase().as_str() {
             "backend" => Ok(WeightFormat::Backend),
+            "f32" | "float32" => Ok(WeightFormat::F32),
             "bf16" | "bfloat16" => Ok(WeightFormat::Bf16),
             "int8" | "i8" | "q8" => Ok(WeightFormat::Int8),
             _ => Err(Error::Backend(format!(
-                "unknown weight format {s:?}: expected backend, bf16 or int8"
+                "unknown weight format {s:?}: expected backend, f32, bf16 or int8"
             ))),
         }
     }

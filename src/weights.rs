@@ -310,8 +310,8 @@ impl WeightStore {
 
     /// Load a `[rows, cols]` matrix into host memory in the store's (host) format.
     ///
-    /// A bf16 tensor is used in place from the mapping when it is aligned, so loading
-    /// copies nothing; other tensors are converted on all cores, a block of rows at a
+    /// A tensor already in the format (bf16 for bf16, f32 for f32) is used in place
+    /// from the mapping when it is aligned, so loading copies nothing; other tensors are converted on all cores, a block of rows at a
     /// time (no f32 copy of the whole tensor), and their mapped pages released.
     pub(crate) fn host_matrix(
         &self,
@@ -321,10 +321,15 @@ impl WeightStore {
     ) -> Result<HostMatrix> {
         let raw = self.checked(canonical, &[rows, cols])?;
         let file = &self.files[raw.file];
-        if self.format == WeightFormat::Bf16
-            && raw.dtype == Dtype::BF16
-            && let Some(m) = HostMatrix::mapped_bf16(&file.mmap, raw.range.start, rows, cols)
-        {
+        let start = raw.range.start;
+        let in_place = match (self.format, raw.dtype) {
+            (WeightFormat::Bf16, Dtype::BF16) => {
+                HostMatrix::mapped_bf16(&file.mmap, start, rows, cols)
+            }
+            (WeightFormat::F32, Dtype::F32) => HostMatrix::mapped_f32(&file.mmap, start, rows, cols),
+            _ => None,
+        };
+        if let Some(m) = in_place {
             return Ok(m);
         }
         let matrix = match self.format {
@@ -332,7 +337,6 @@ impl WeightStore {
                 // Rows are released as they are quantized, so peak memory is the int8
                 // weights plus one block of source rows, not plus a whole bf16 table.
                 let row_bytes = cols * raw.width()?;
-                let start = raw.range.start;
                 HostMatrix::int8_rows(
                     rows,
                     cols,
@@ -348,6 +352,7 @@ impl WeightStore {
                     },
                 )
             }
+            WeightFormat::F32 => HostMatrix::f32(rows, cols, raw.to_f32()?),
             _ => HostMatrix::bf16(rows, cols, raw.decode(to_bf16)?),
         };
         file.release(raw.range.clone());

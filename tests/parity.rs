@@ -16,7 +16,12 @@ fn tensor_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
 
 /// Every stage of `name` against the reference, on backend `B`.
 fn check_model<B: Backend>(name: &str, device: &B::Device) {
-    let model = Model::<B>::from_pretrained(fixtures().join(name), device).unwrap();
+    check_model_with::<B>(name, &LoadOptions::default(), device);
+}
+
+/// [`check_model`] for a model loaded with `options` (f32 activations).
+fn check_model_with<B: Backend>(name: &str, options: &LoadOptions, device: &B::Device) {
+    let model = Model::<B>::from_pretrained_with(fixtures().join(name), device, options).unwrap();
     let tensors = expected_tensors(name);
     let meta = expected_json(name);
     let max_new = meta["max_new_tokens"].as_u64().unwrap() as usize;
@@ -178,6 +183,18 @@ fn half_precision_on_cpu() {
         check_half::<Cpu>("pg1-tiny", dtype, &Default::default());
         check_half::<Cpu>("pg2-tiny", dtype, &Default::default());
     }
+}
+
+/// f32 host weights are the same f32 arithmetic through the crate's own kernels: held
+/// to the full f32 check (1e-4 against transformers float32, equal greedy tokens).
+#[test]
+fn f32_host_weights_on_cpu() {
+    let options = LoadOptions {
+        weights: WeightFormat::F32,
+        ..Default::default()
+    };
+    check_model_with::<Cpu>("pg1-tiny", &options, &Default::default());
+    check_model_with::<Cpu>("pg2-tiny", &options, &Default::default());
 }
 
 /// bf16 host weights round the weights and each product's activations to bf16, as
