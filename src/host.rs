@@ -100,6 +100,31 @@ impl std::fmt::Debug for HostMatrix {
     }
 }
 
+/// Ask the kernel to back a large fresh buffer with transparent huge pages (where THP
+/// is in `madvise` mode): filling gigabytes of 4 KiB pages costs one fault and one
+/// zeroing per page, and that, not the conversion, bounded loading. Advice only.
+pub(crate) fn prefer_huge_pages<T>(buf: &mut [T]) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let bytes = std::mem::size_of_val(buf);
+        if bytes < 4 * HUGE {
+            return;
+        }
+        let start = (buf.as_mut_ptr() as usize).next_multiple_of(HUGE);
+        let end = (buf.as_mut_ptr() as usize + bytes) / HUGE * HUGE;
+        if end > start {
+            // SAFETY: the range lies inside `buf`, which this function borrows mutably;
+            // MADV_HUGEPAGE changes no contents. Failure is harmless (advice only).
+            let _ = unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE)
+            };
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = buf;
+}
+
 /// `f32` to bf16 bits, rounding to nearest even (as torch and `vcvtneps2bf16` do).
 pub(crate) fn to_bf16(x: f32) -> u16 {
     half::bf16::from_f32(x).to_bits()
@@ -162,6 +187,7 @@ impl HostMatrix {
     ) -> Self {
         const BLOCK: usize = 1024;
         let mut q = vec![0i8; rows * cols];
+        prefer_huge_pages(&mut q);
         let mut scale = vec![1f32; rows];
         let blocks = q
             .chunks_mut(BLOCK * cols.max(1))
@@ -1023,7 +1049,13 @@ mod avx512 {
     /// `dots[j] = Σ w[j][c] * x[c]` for `rows` ≤ 4 f32 rows of `k` values (missing rows
     /// repeat row 0 and are discarded); each load of `x` serves four rows.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn dot4_f32(w: &[f32], k: usize, rows: usize, x: &[f32], dots: &mut [f32; 4]) {
+    pub(super) unsafe fn dot4_f32(
+        w: &[f32],
+        k: usize,
+        rows: usize,
+        x: &[f32],
+        dots: &mut [f32; 4],
+    ) {
         assert!((1..=4).contains(&rows) && w.len() >= rows * k && x.len() >= k);
         // SAFETY: row starts are inside `w` (asserted), masked loads touch only lanes
         // below `k`.
@@ -1033,7 +1065,11 @@ mod avx512 {
             let mut acc = [_mm512_setzero_ps(); 4];
             let mut c = 0;
             while c < k {
-                let mask = if k - c >= 16 { u16::MAX } else { (1u16 << (k - c)) - 1 };
+                let mask = if k - c >= 16 {
+                    u16::MAX
+                } else {
+                    (1u16 << (k - c)) - 1
+                };
                 let xv = _mm512_maskz_loadu_ps(mask, x.as_ptr().add(c));
                 for j in 0..4 {
                     let wv = _mm512_maskz_loadu_ps(mask, wp[j].add(c));

@@ -14,7 +14,7 @@ use memmap2::Mmap;
 use safetensors::tensor::{Dtype, Metadata};
 
 use crate::error::{Error, Result};
-use crate::host::{HostMatrix, to_bf16};
+use crate::host::{HostMatrix, prefer_huge_pages, to_bf16};
 use crate::precision::{self, WeightFormat};
 
 /// One memory-mapped safetensors file and its parsed header.
@@ -107,6 +107,7 @@ impl RawTensor<'_> {
         let width = self.width()?;
         let n = self.bytes.len() / width;
         let mut out = vec![T::default(); n];
+        prefer_huge_pages(&mut out);
         let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
         let chunk = n.div_ceil(threads).max(1 << 20);
         let dtype = self.dtype;
@@ -326,7 +327,9 @@ impl WeightStore {
             (WeightFormat::Bf16, Dtype::BF16) => {
                 HostMatrix::mapped_bf16(&file.mmap, start, rows, cols)
             }
-            (WeightFormat::F32, Dtype::F32) => HostMatrix::mapped_f32(&file.mmap, start, rows, cols),
+            (WeightFormat::F32, Dtype::F32) => {
+                HostMatrix::mapped_f32(&file.mmap, start, rows, cols)
+            }
             _ => None,
         };
         if let Some(m) = in_place {
