@@ -1135,6 +1135,12 @@ mod avx512 {
             let mut acc = [[_mm512_setzero_ps(); 4]; MR];
             let mut c = 0;
             while c + 32 <= k {
+                // Decode-step products stream the weights from memory: request each row
+                // 1 KiB ahead so more lines are in flight than the hardware prefetcher
+                // keeps (a hint: past the row's end it touches nothing).
+                for &row in &wp {
+                    _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(c + 512).cast());
+                }
                 let wv: [__m512bh; 4] = std::array::from_fn(|j| load_full(wp[j].add(c)));
                 for i in 0..MR {
                     let av = load_full(ap[i].add(c));
