@@ -67,6 +67,14 @@ def warm_page_cache(model: Path):
                 pass
 
 
+def ours_config(args, config):
+    """Our CLI in one named configuration: a compute dtype (`f32`, `f16`, `bf16`) or
+    `f32-weights` / `bf16-weights` / `int8-weights` (f32 activations, host weights)."""
+    if config.endswith("-weights"):
+        return ours(args, dtype="f32", weights=config.removesuffix("-weights"))
+    return ours(args, dtype=config)
+
+
 def ours(args, device="cpu", dtype="f32", warmup=0, timeout=None, weights="backend"):
     warm_page_cache(args.model)
     out, rss = timed([str(args.cli), "--device", device, "--dtype", dtype, "--weights", weights,
@@ -196,14 +204,8 @@ def main():
     import transformers
 
     dtypes = args.ours.split(",")
-
-    def run_ours(config):
-        if config.endswith("-weights"):
-            return ours(args, dtype="f32", weights=config.removesuffix("-weights"))
-        return ours(args, dtype=config)
-
     try:
-        results = {f"ours ({d})": run_ours(d) for d in dtypes}
+        results = {f"ours ({d})": ours_config(args, d) for d in dtypes}
         results["transformers float32"] = hf(args, "float32")
         results["transformers bfloat16"] = hf(args, "bfloat16")
     except Failed as e:

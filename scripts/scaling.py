@@ -8,7 +8,7 @@ when matplotlib is importable, docs/scaling.png.
     python scripts/make_random_checkpoint.py --variant pg1-3b-896 --out /tmp/pg1-3b-896
     python scripts/scaling.py --write docs/benchmarks.md
 
-Decode figures come from one run of --tokens new tokens per dtype, read off the CLI's
+Decode figures come from one run of --tokens new tokens per configuration, read off the CLI's
 per-step timestamps (`timings.decode_elapsed_s`): the mean ms/token over the first N
 tokens, and the cost of the steps just before token N.
 """
@@ -19,13 +19,13 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import CLI, ROOT, Failed, cpu_name, hf, ours, write_block  # noqa: E402
+from bench import CLI, ROOT, Failed, cpu_name, hf, ours_config, write_block  # noqa: E402
 
 
-def run_cli(args, model, dtype, tokens):
-    """Our CLI on `model`, through bench.py's runner."""
+def run_cli(args, model, config, tokens):
+    """Our CLI on `model` in one configuration (see bench.ours_config)."""
     run = argparse.Namespace(cli=args.cli, model=model, image=args.image, prompt="caption en", tokens=tokens)
-    return ours(run, dtype=dtype)
+    return ours_config(run, config)
 
 
 def main():
@@ -33,10 +33,13 @@ def main():
     ap.add_argument("--cli", type=Path, default=CLI)
     ap.add_argument("--image", type=Path, default=ROOT / "tests/fixtures/images/photo.png")
     ap.add_argument("--checkpoints", default="224:/tmp/pg1-3b-224,448:/tmp/pg1-3b-448,896:/tmp/pg1-3b-896")
-    ap.add_argument("--ttft-dtypes", default="f32,f16", help="dtypes for the first-token curve")
-    ap.add_argument("--f16-up-to", type=int, default=448, help="largest resolution timed in f16")
-    ap.add_argument("--hf-up-to", type=int, default=448, help="largest resolution timed with transformers")
-    ap.add_argument("--decode-dtypes", default="f32,f16")
+    ap.add_argument("--ttft", default="f32,f32-weights,bf16-weights,int8-weights",
+                    help="our configurations for the first-token curve (see bench.py --ours)")
+    ap.add_argument("--backend-up-to", type=int, default=448,
+                    help="largest resolution timed for configurations without host weights")
+    ap.add_argument("--hf-dtypes", default="float32,bfloat16")
+    ap.add_argument("--hf-up-to", type=int, default=896, help="largest resolution timed with transformers")
+    ap.add_argument("--decode", default="f32,bf16-weights,int8-weights")
     ap.add_argument("--tokens", type=int, default=1024)
     ap.add_argument("--marks", default="16,256,1024")
     ap.add_argument("--write", type=Path)
@@ -47,37 +50,44 @@ def main():
     ttft_rows = []
     for res, path in ckpts:
         row = {"res": res}
-        for dtype in args.ttft_dtypes.split(","):
-            if dtype != "f32" and res > args.f16_up_to:
+        for config in args.ttft.split(","):
+            if not config.endswith("-weights") and res > args.backend_up_to:
                 continue
-            r = run_cli(args, path, dtype, 1)
-            row[f"ours {dtype}"] = r["ttft_s"]
-            row[f"ours {dtype} rss"] = r["rss_gb"]
+            r = run_cli(args, path, config, 1)
+            row[f"ours {config}"] = r["ttft_s"]
+            row[f"ours {config} rss"] = r["rss_gb"]
             row["prompt_tokens"] = r["prompt_tokens"]
-            print(res, dtype, r["ttft_s"], file=sys.stderr, flush=True)
+            print(res, config, r["ttft_s"], file=sys.stderr, flush=True)
         if res <= args.hf_up_to:
             a = argparse.Namespace(model=path, image=args.image, prompt="caption en", tokens=2)
-            try:
-                row["transformers f32"] = hf(a, "float32")["ttft_s"]
-            except Failed as e:
-                print(e, file=sys.stderr)
-            print(res, "hf", row.get("transformers f32"), file=sys.stderr, flush=True)
+            for dtype in args.hf_dtypes.split(","):
+                try:
+                    row[f"transformers {dtype}"] = hf(a, dtype)["ttft_s"]
+                except Failed as e:
+                    print(e, file=sys.stderr)
+                print(res, "hf", dtype, row.get(f"transformers {dtype}"), file=sys.stderr, flush=True)
         ttft_rows.append(row)
 
     decode = {}
     base = dict(ckpts)[224]
-    for dtype in args.decode_dtypes.split(","):
-        r = run_cli(args, base, dtype, args.tokens)
-        decode[dtype] = r["decode_elapsed_s"]
-        print("decode", dtype, decode[dtype][-1], file=sys.stderr, flush=True)
+    for config in args.decode.split(","):
+        r = run_cli(args, base, config, args.tokens)
+        decode[config] = r["decode_elapsed_s"]
+        print("decode", config, decode[config][-1], file=sys.stderr, flush=True)
 
-    cols = [c for c in ["ours f32", "ours f16", "transformers f32"] if any(c in r for r in ttft_rows)]
-    lines = ["| input | prompt tokens | " + " | ".join(f"{c} s" for c in cols) + " | ours f32 peak RSS GB |",
-             "|---" * (len(cols) + 3) + "|"]
+    ours_cols = [f"ours {c}" for c in args.ttft.split(",")]
+    cols = ours_cols + [f"transformers {d}" for d in args.hf_dtypes.split(",")]
+    cols = [c for c in cols if any(c in r for r in ttft_rows)]
+    lines = ["| input | prompt tokens | " + " | ".join(f"{c} s" for c in cols) + " |",
+             "|---" * (len(cols) + 2) + "|"]
     for r in ttft_rows:
         cells = [f"{r[c]:.1f}" if c in r else "not run" for c in cols]
-        lines.append(f"| {r['res']} px | {r['prompt_tokens']} | " + " | ".join(cells)
-                     + f" | {r.get('ours f32 rss', float('nan')):.1f} |")
+        lines.append(f"| {r['res']} px | {r['prompt_tokens']} | " + " | ".join(cells) + " |")
+    lines += ["", "Peak RSS (GB) of those runs:", "",
+              "| input | " + " | ".join(ours_cols) + " |", "|---" * (len(ours_cols) + 1) + "|"]
+    for r in ttft_rows:
+        cells = [f"{r[c + ' rss']:.1f}" if c + " rss" in r else "not run" for c in ours_cols]
+        lines.append(f"| {r['res']} px | " + " | ".join(cells) + " |")
     ttft_table = "\n".join(lines)
 
     lines = ["| generated tokens | " + " | ".join(f"ours {d}: mean ms/token | ours {d}: ms/token near the end"
@@ -100,7 +110,7 @@ def main():
               f"(`scripts/make_random_checkpoint.py`), prompt 'caption en', image `{args.image.name}`.")
     block = (f"{header}\n\nTime to first token (vision tower, projector, prefill, first token) by input size:\n\n"
              f"{ttft_table}\n\nDecode cost by number of generated tokens (224 px, one run of {args.tokens} "
-             f"tokens per dtype; \"near the end\" = the 8 steps before that token):\n\n{decode_table}\n")
+             f"tokens per configuration; \"near the end\" = the 8 steps before that token):\n\n{decode_table}\n")
     print(block)
 
     try:

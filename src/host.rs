@@ -1,16 +1,16 @@
-//! Weight matrices kept in host memory as bf16 or int8 and multiplied by this crate's
-//! own CPU kernels ([`WeightFormat::Bf16`](crate::WeightFormat::Bf16) and
-//! [`WeightFormat::Int8`](crate::WeightFormat::Int8)).
+//! Weight matrices kept in host memory as f32, bf16 or int8 and multiplied by this
+//! crate's own CPU kernels ([`WeightFormat`](crate::WeightFormat) other than `Backend`).
 //!
-//! burn's CPU backends widen bf16 to f32 before a matrix product and have no int8
-//! product, so a half-size checkpoint would still compute (and mostly be stored) in f32.
-//! These kernels multiply the stored bytes directly: on x86-64 with AVX-512 BF16 the dot
-//! products run on `vdpbf16ps` (two bf16 products per f32 lane), elsewhere on portable
-//! code with the same rounding. Activations stay f32 between layers; only the operands
-//! of a product are rounded to bf16, as transformers' bfloat16 models round everything.
+//! burn's CPU backends widen bf16 to f32 before a matrix product, have no int8 product,
+//! and multiply f32 with AVX2 kernels. These kernels multiply the stored values
+//! directly: prompts through outer-product tiles over activations packed once per
+//! product (`vdpbf16ps` for bf16 and int8 widened to bf16, FMA for f32), decode steps by
+//! streaming each weight row once; portable code with the same rounding elsewhere.
+//! Activations stay f32 between layers; for bf16 and int8 only the operands of a
+//! product are rounded to bf16, as transformers' bfloat16 models round everything.
 //!
 //! All products are `y = x · Wᵀ` with `W` stored `[out, in]` exactly as the checkpoint
-//! lays it out, so both operands are contiguous along the summed dimension.
+//! lays it out, so weights can be used in place from the checkpoint's memory map.
 
 use std::sync::Arc;
 
