@@ -1185,8 +1185,27 @@ mod avx512 {
         unsafe {
             let wp: [*const i8; 4] =
                 std::array::from_fn(|j| w.as_ptr().add(if j < rows { j * k } else { 0 }));
+            // Two independent accumulators per row: the widening conversions leave
+            // the FMA chains as the latency bound otherwise.
             let mut acc = [_mm512_setzero_ps(); 4];
+            let mut acc2 = [_mm512_setzero_ps(); 4];
             let mut c = 0;
+            while c + 32 <= k {
+                let xv = _mm512_loadu_ps(x.as_ptr().add(c));
+                let xv2 = _mm512_loadu_ps(x.as_ptr().add(c + 16));
+                for j in 0..4 {
+                    let q = _mm_loadu_si128(wp[j].add(c).cast());
+                    let q2 = _mm_loadu_si128(wp[j].add(c + 16).cast());
+                    let wf = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q));
+                    let wf2 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q2));
+                    acc[j] = _mm512_fmadd_ps(wf, xv, acc[j]);
+                    acc2[j] = _mm512_fmadd_ps(wf2, xv2, acc2[j]);
+                }
+                c += 32;
+            }
+            for j in 0..4 {
+                acc[j] = _mm512_add_ps(acc[j], acc2[j]);
+            }
             while c + 16 <= k {
                 let xv = _mm512_loadu_ps(x.as_ptr().add(c));
                 for j in 0..4 {
