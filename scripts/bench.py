@@ -176,7 +176,7 @@ def main():
     ap.add_argument("--batch-sizes", help="comma-separated batch sizes: measure batch throughput instead")
     ap.add_argument("--batch-images", type=int, default=4)
     ap.add_argument("--cli", type=Path, default=CLI, help="the paligemma example binary")
-    ap.add_argument("--ours", default="f32,f16,bf16-weights,int8-weights",
+    ap.add_argument("--ours", default="f32,f32-weights,bf16-weights,int8-weights,f16",
                     help="our configurations to time, comma-separated: a compute dtype (f32, f16, bf16), "
                          "or bf16-weights / int8-weights (f32 activations, host bf16/int8 weight kernels)")
     ap.add_argument("--gpu", action="store_true", help="time cuda and wgpu against transformers on cuda")
