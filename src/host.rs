@@ -472,6 +472,17 @@ fn exp(x: f32) -> f32 {
     e * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
+/// 0: portable kernels only; 1: AVX-512 (f32 and int8 decode); 2: AVX-512 BF16 too.
+pub(crate) fn simd_level() -> u8 {
+    match Isa::detect() {
+        Isa::Portable => 0,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => 1,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Bf16 => 2,
+    }
+}
+
 /// Which kernels this CPU can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Isa {

@@ -120,6 +120,17 @@ impl WeightFormat {
         }
     }
 
+    /// Whether this CPU runs the format's host kernels with SIMD (AVX-512 for f32,
+    /// AVX-512 BF16 for bf16 and int8). Without it they fall back to portable code that
+    /// is much slower than the backend's own kernels. Always true for `Backend`.
+    pub fn accelerated(self) -> bool {
+        match self {
+            WeightFormat::Backend => true,
+            WeightFormat::F32 => crate::host::simd_level() >= 1,
+            WeightFormat::Bf16 | WeightFormat::Int8 => crate::host::simd_level() >= 2,
+        }
+    }
+
     /// Whether the matrices live in host memory rather than backend tensors.
     pub fn is_host(self) -> bool {
         self != WeightFormat::Backend
@@ -191,5 +202,17 @@ mod tests {
         assert_eq!("f32".parse::<Dtype>().unwrap().to_string(), "f32");
         let err = "int4".parse::<Dtype>().unwrap_err().to_string();
         assert!(err.contains("int4") && err.contains("bf16"), "{err}");
+    }
+
+    #[test]
+    fn weight_formats_parse_and_report_acceleration() {
+        assert_eq!("int8".parse::<WeightFormat>().unwrap(), WeightFormat::Int8);
+        assert_eq!("F32".parse::<WeightFormat>().unwrap(), WeightFormat::F32);
+        assert_eq!(WeightFormat::Bf16.to_string(), "bf16");
+        let err = "int4".parse::<WeightFormat>().unwrap_err().to_string();
+        assert!(err.contains("int4") && err.contains("backend"), "{err}");
+        assert!(WeightFormat::Backend.accelerated());
+        // bf16 and int8 need more of the CPU than f32.
+        assert!(!WeightFormat::Bf16.accelerated() || WeightFormat::F32.accelerated());
     }
 }

@@ -233,6 +233,12 @@ fn keep_freed_memory() {
 fn dispatch(mut cli: Cli) -> Res<()> {
     let dtype: Dtype = cli.dtype.parse()?;
     let weights: WeightFormat = cli.weights.parse()?;
+    if !weights.accelerated() {
+        eprintln!(
+            "warning: this CPU lacks the AVX-512 instructions of the {weights} weight kernels; \
+             their portable fallback is much slower than --weights backend"
+        );
+    }
     if let Some(args) = cli.command.model_args() {
         args.load.dtype = dtype;
         args.load.weights = weights;
