@@ -1414,6 +1414,40 @@ mod tests {
         }
     }
 
+    /// The zero-copy path reads the mapping in place, and refuses offsets that are not
+    /// aligned for the element type (the loader then copies).
+    #[test]
+    fn mapped_values_read_in_place_or_refuse() {
+        use std::io::Write;
+        let w: Vec<u16> = values(2 * 3, 10).into_iter().map(to_bf16).collect();
+        let mut bytes = vec![0u8; 2];
+        bytes.extend(w.iter().flat_map(|v| v.to_le_bytes()));
+        bytes.push(0);
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&bytes).unwrap();
+        // SAFETY (test): the temporary file is private to this test and not modified.
+        let map = Arc::new(unsafe { Mmap::map(&file) }.unwrap());
+        let m = HostMatrix::mapped_bf16(&map, 2, 2, 3).expect("2-aligned bf16 in place");
+        let mut row = vec![0f32; 3];
+        m.row_into(1, &mut row);
+        assert_eq!(
+            row,
+            w[3..].iter().map(|&v| from_bf16(v)).collect::<Vec<_>>()
+        );
+        assert!(
+            HostMatrix::mapped_bf16(&map, 1, 2, 3).is_none(),
+            "odd offset"
+        );
+        assert!(
+            HostMatrix::mapped_f32(&map, 2, 1, 2).is_none(),
+            "not 4-aligned"
+        );
+        assert!(
+            HostMatrix::mapped_bf16(&map, 4, 2, 3).is_none(),
+            "past the end"
+        );
+    }
+
     #[test]
     fn rows_widen_exactly() {
         let w = values(3 * 5, 6);
