@@ -5,17 +5,33 @@ mod common;
 use std::ops::ControlFlow;
 
 use common::{expected_json, fixtures, ids, open_image};
-use paligemma::{FinishReason, GenerateOptions, Model, backend::Cpu};
+use paligemma::{FinishReason, GenerateOptions, LoadOptions, Model, WeightFormat, backend::Cpu};
 
 fn model(name: &str) -> Model<Cpu> {
     Model::<Cpu>::from_pretrained(fixtures().join(name), &Default::default()).unwrap()
 }
 
+/// Batching with left padding, through burn's kernels and through the f32 host
+/// kernels (several activation rows per product, padded rows included): both exact f32.
 #[test]
 fn batched_greedy_equals_transformers_batch_and_single_prompts() {
-    for name in ["pg1-tiny", "pg2-tiny"] {
-        let model = model(name);
+    for (name, weights) in ["pg1-tiny", "pg2-tiny"]
+        .into_iter()
+        .flat_map(|n| [(n, WeightFormat::Backend), (n, WeightFormat::F32)])
+    {
+        let options = LoadOptions {
+            weights,
+            ..Default::default()
+        };
+        let model = Model::<Cpu>::from_pretrained_with(
+            fixtures().join(name),
+            &Default::default(),
+            &options,
+        )
+        .unwrap();
         let meta = expected_json(name);
+        let name = format!("{name} ({weights} weights)");
+
         let cases = &meta["cases"];
         let order: Vec<&str> = meta["batch"]["cases"]
             .as_array()
