@@ -487,7 +487,7 @@ pub(crate) fn simd_level() -> u8 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Isa {
     Portable,
-    /// AVX-512 F and BW: the f32 and int8 kernels.
+    /// AVX-512 F, BW and VL: the f32 and int8 kernels.
     #[cfg(target_arch = "x86_64")]
     Avx512,
     /// AVX-512 with BF16 dot products: every kernel.
@@ -498,7 +498,10 @@ enum Isa {
 impl Isa {
     fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw") {
+        if std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vl")
+        {
             return if std::is_x86_feature_detected!("avx512bf16") {
                 Isa::Avx512Bf16
             } else {
@@ -837,20 +840,25 @@ fn f32_product(isa: Isa, x: &[f32], m: usize, w: &[f32], k: usize, out_t: &mut [
 mod avx512 {
     use std::arch::x86_64::*;
 
-    /// Call `f(i, mask)` for `i` = 0, 16, 32, .. below `n`, `mask` covering the lanes
-    /// below `n`.
-    #[inline(always)]
-    fn by_16(n: usize, mut f: impl FnMut(usize, u16)) {
-        let mut i = 0;
-        while i < n {
-            let len = (n - i).min(16);
-            f(i, (1u32 << len).wrapping_sub(1) as u16);
-            i += len;
-        }
+    /// Run `$body` for `$i` = 0, 16, 32, .. below `$n`, `$mask` covering the lanes below
+    /// `$n`. A macro, not a closure: a closure is compiled without the caller's target
+    /// features, so the intrinsics in it stayed function calls.
+    macro_rules! by_16 {
+        ($n:expr, |$i:ident, $mask:ident| $body:block) => {{
+            let n = $n;
+            let mut $i = 0;
+            while $i < n {
+                let len = (n - $i).min(16);
+                let $mask = (1u32 << len).wrapping_sub(1) as u16;
+                $body
+                $i += len;
+            }
+        }};
     }
 
     /// Store 16 f32 lanes as bf16 (nearest even) under `mask`.
-    #[inline(always)]
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
     unsafe fn store_bf16(out: *mut u16, mask: u16, v: __m512) {
         // SAFETY: the caller guarantees the masked lanes of `out` are writable.
         unsafe {
@@ -860,9 +868,9 @@ mod avx512 {
     }
 
     /// Round f32 to bf16 (nearest even), 16 at a time.
-    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
     pub(super) unsafe fn round_to_bf16(x: &[f32], out: &mut [u16]) {
-        by_16(x.len().min(out.len()), |i, mask| {
+        by_16!(x.len().min(out.len()), |i, mask| {
             // SAFETY: masked loads and stores touch only lanes below the length.
             unsafe {
                 let v = _mm512_maskz_loadu_ps(mask, x.as_ptr().add(i));
@@ -872,9 +880,9 @@ mod avx512 {
     }
 
     /// int8 to bf16 (exact), 16 at a time.
-    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
     pub(super) unsafe fn widen_i8(q: &[i8], out: &mut [u16]) {
-        by_16(q.len().min(out.len()), |i, mask| {
+        by_16!(q.len().min(out.len()), |i, mask| {
             // SAFETY: masked loads and stores touch only lanes below the length.
             unsafe {
                 let v = _mm_maskz_loadu_epi8(mask, q.as_ptr().add(i).cast());
@@ -895,7 +903,7 @@ mod avx512 {
     /// operand: 6 x 4 accumulators of 16 rows, one broadcast weight pair per row and
     /// step, no horizontal sums. Output rows past `m` are not written.
     #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
     pub(super) unsafe fn outer_bf16(
         a: &[u32],
         pairs: usize,
@@ -1103,7 +1111,7 @@ mod avx512 {
     /// `acc[i][j] = Σ a[i][..k] · w[j][..k]` for `mr`, `nr` ≤ 4 rows of bf16 operands,
     /// 32 products per `vdpbf16ps`; missing rows repeat row 0 and are discarded.
     #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
     pub(super) unsafe fn tile_bf16(
         a: &[u16],
         lda: usize,
@@ -1182,7 +1190,7 @@ mod avx512 {
     /// `dots[j] = Σ w[j][c] * x[c]` for `rows` ≤ 4 int8 rows of `k` values (missing
     /// rows repeat row 0 and are discarded), widened to f32 16 at a time; each load of
     /// `x` serves four rows.
-    #[target_feature(enable = "avx512f,avx512bw")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub(super) unsafe fn dot4_i8_f32(
         w: &[i8],
         k: usize,
