@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use burn::tensor::{FloatDType, Tensor, TensorData, TensorPrimitive, backend::Backend};
+use burn::tensor::{FloatDType, Int, Tensor, TensorData, TensorPrimitive, backend::Backend};
 
 use crate::error::Result;
 use crate::host::{self, HostMatrix};
@@ -77,6 +77,25 @@ impl<B: Backend> Linear<B> {
         }
     }
 
+    /// Rows `ids` of the `[out, in]` weight as `[ids.len(), in]`: an embedding lookup,
+    /// for the decoder's tied table (looked up by token, multiplied for the logits).
+    pub fn rows(&self, ids: &[u32], device: &B::Device) -> Tensor<B, 2> {
+        match &self.inner {
+            Weight::Tensor(w, _) => {
+                let idx: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+                let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [ids.len()]), device);
+                w.clone().select(0, idx)
+            }
+            Weight::Host(w, _) => {
+                let mut out = vec![0f32; ids.len() * w.cols()];
+                for (row, &id) in out.chunks_mut(w.cols().max(1)).zip(ids) {
+                    w.row_into(id as usize, row);
+                }
+                from_host(out, [ids.len(), w.cols()], device)
+            }
+        }
+    }
+
     /// The host weight and bias, when this layer has them.
     fn host(&self) -> Option<(&HostMatrix, Option<&[f32]>)> {
         match &self.inner {
@@ -115,19 +134,6 @@ pub fn feed_forward<B: Backend, const D: usize>(
         None => gelu_tanh(first.forward(x)),
     };
     last.forward(h)
-}
-
-/// `x @ W^T` for f32 `x` `[..., in]` on a CPU backend and a host matrix `W`: the
-/// activations are read from the backend's host memory, multiplied by the crate's
-/// kernels, and handed back as a new tensor.
-pub(crate) fn host_matmul_transposed<B: Backend, const D: usize>(
-    x: Tensor<B, D>,
-    w: &HostMatrix,
-) -> Tensor<B, D> {
-    let (x, mut dims, device) = to_host(x);
-    let y = w.matmul_t(&x, x.len() / w.cols().max(1), None);
-    dims[D - 1] = w.rows();
-    from_host(y, dims, &device)
 }
 
 /// A CPU backend tensor's values in f32 (one copy), its shape and device.

@@ -2,14 +2,12 @@
 //! [`TextConfig`]: Gemma 2 adds post-attention and post-MLP norms, attention and final
 //! logit soft-capping, `query_pre_attn_scalar` and sliding-window layers.
 
-use burn::tensor::{Bool, FloatDType, Int, Tensor, TensorData, backend::Backend};
-
-use crate::host::HostMatrix;
+use burn::tensor::{Bool, FloatDType, Tensor, backend::Backend};
 
 use crate::attention::{KvCache, Rope, RowLayout, apply_rope, grouped_attention, prefix_lm_mask};
 use crate::config::{TextArch, TextConfig};
 use crate::error::Result;
-use crate::layers::{Linear, RmsNorm, feed_forward, host_matmul_transposed, matmul_transposed};
+use crate::layers::{Linear, RmsNorm, feed_forward};
 use crate::precision::Dtype;
 use crate::weights::WeightStore;
 
@@ -35,17 +33,12 @@ struct DecoderLayer<B: Backend> {
 /// Gemma decoder with a tied output projection.
 pub struct Decoder<B: Backend> {
     config: TextConfig,
-    embed: Embedding<B>,
+    /// The tied embedding table `[vocab, hidden]`, also the output projection.
+    embed: Linear<B>,
     layers: Vec<DecoderLayer<B>>,
     norm: RmsNorm<B>,
     rope: Rope,
     dtype: Dtype,
-}
-
-/// The tied embedding table, as a backend tensor or a host matrix.
-enum Embedding<B: Backend> {
-    Tensor(Tensor<B, 2>),
-    Host(HostMatrix),
 }
 
 /// The per-call inputs shared by every layer.
@@ -103,14 +96,14 @@ impl<B: Backend> Decoder<B> {
             .collect::<Result<Vec<_>>>()?;
         Ok(Decoder {
             config: c.clone(),
-            embed: {
-                let name = format!("{PREFIX}.embed_tokens.weight");
-                if store.format().is_host() {
-                    Embedding::Host(store.host_matrix(&name, c.vocab_size, h)?)
-                } else {
-                    Embedding::Tensor(store.tensor(&name, [c.vocab_size, h], device)?)
-                }
-            },
+            embed: Linear::load(
+                store,
+                &format!("{PREFIX}.embed_tokens"),
+                h,
+                c.vocab_size,
+                false,
+                device,
+            )?,
             layers,
             norm: RmsNorm::load(store, &format!("{PREFIX}.norm"), h, eps, device)?,
             dtype: store.dtype(),
@@ -132,21 +125,8 @@ impl<B: Backend> Decoder<B> {
         // The reference rounds the scale to the compute dtype; so does burn, converting
         // the scalar to the tensor's element type.
         let scale = (hidden as f32).sqrt();
-        match &self.embed {
-            Embedding::Tensor(table) => {
-                let flat: Vec<i64> = ids.iter().flatten().map(|&i| i64::from(i)).collect();
-                let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(flat, [b * s]), device);
-                (table.clone().select(0, idx) * scale).reshape([b, s, hidden])
-            }
-            Embedding::Host(table) => {
-                let mut out = vec![0f32; b * s * hidden];
-                for (row, &id) in out.chunks_mut(hidden).zip(ids.iter().flatten()) {
-                    table.row_into(id as usize, row);
-                    row.iter_mut().for_each(|v| *v *= scale);
-                }
-                Tensor::from_data(TensorData::new(out, [b, s, hidden]), device)
-            }
-        }
+        let flat: Vec<u32> = ids.iter().flatten().copied().collect();
+        (self.embed.rows(&flat, device) * scale).reshape([b, s, hidden])
     }
 
     /// Run the decoder over `x` `[batch, seq, hidden]`, appending to `cache`, and return
@@ -192,11 +172,7 @@ impl<B: Backend> Decoder<B> {
     /// f32 logits `[batch, seq, vocab]` from final hidden states, through the tied
     /// embedding and the final soft cap.
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        let logits = match &self.embed {
-            Embedding::Tensor(table) => matmul_transposed(hidden, table),
-            Embedding::Host(table) => host_matmul_transposed(hidden, table),
-        }
-        .cast(FloatDType::F32);
+        let logits = self.embed.forward(hidden).cast(FloatDType::F32);
         match self.config.final_logit_softcapping {
             Some(cap) => (logits / cap).tanh() * cap,
             None => logits,

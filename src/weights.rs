@@ -20,7 +20,7 @@ use crate::precision::{self, WeightFormat};
 /// One memory-mapped safetensors file and its parsed header.
 struct MappedFile {
     path: PathBuf,
-    /// Shared with bf16 host matrices that use the mapping in place.
+    /// Shared with host matrices that use the mapping in place.
     mmap: Arc<Mmap>,
     data_start: usize,
     metadata: Metadata,
@@ -312,8 +312,9 @@ impl WeightStore {
     /// Load a `[rows, cols]` matrix into host memory in the store's (host) format.
     ///
     /// A tensor already in the format (bf16 for bf16, f32 for f32) is used in place
-    /// from the mapping when it is aligned, so loading copies nothing; other tensors are converted on all cores, a block of rows at a
-    /// time (no f32 copy of the whole tensor), and their mapped pages released.
+    /// from the mapping when it is aligned, so loading copies nothing; other tensors are
+    /// converted on all cores (int8 a block of rows at a time, with no f32 copy of the
+    /// whole tensor) and their mapped pages released.
     pub(crate) fn host_matrix(
         &self,
         canonical: &str,
