@@ -274,39 +274,25 @@ impl HostMatrix {
             match &self.storage {
                 Storage::F32(w) => f32_product(isa, x, m, w.as_slice(), k, &mut out_t),
                 Storage::Int8 { q, scale } if m <= STREAM_ROWS => {
-                    out_t
-                        .par_chunks_mut(BLOCK_ROWS * m)
-                        .enumerate()
-                        .for_each(|(b, out)| {
-                            let r0 = b * BLOCK_ROWS;
-                            let rows = out.len() / m;
-                            let q = &q[r0 * k..(r0 + rows) * k];
-                            int8_stream(isa, x, m, q, &scale[r0..r0 + rows], k, out);
-                        });
+                    row_blocks(&mut out_t, m, |r0, rows, _, out| {
+                        let q = &q[r0 * k..(r0 + rows) * k];
+                        int8_stream(isa, x, m, q, &scale[r0..r0 + rows], k, out);
+                    });
                 }
-                storage => {
+                Storage::Int8 { q, scale } => {
                     let a = Operand::new(isa, x, m, k);
-                    out_t
-                        .par_chunks_mut(BLOCK_ROWS * m)
-                        .enumerate()
-                        .for_each_init(Vec::new, |scratch, (b, out)| {
-                            let r0 = b * BLOCK_ROWS;
-                            let rows = out.len() / m;
-                            match storage {
-                                Storage::Bf16(h) => {
-                                    let w = &h.as_slice()[r0 * k..(r0 + rows) * k];
-                                    bf16_block(&a, m, w, k, out);
-                                }
-                                Storage::F32(_) => unreachable!("f32 handled above"),
-                                Storage::Int8 { q, scale } => {
-                                    let q = &q[r0 * k..(r0 + rows) * k];
-                                    int8_block(isa, &a, m, q, k, scratch, out);
-                                    for (o, s) in out.chunks_mut(m).zip(&scale[r0..r0 + rows]) {
-                                        o.iter_mut().for_each(|v| *v *= s);
-                                    }
-                                }
-                            }
-                        });
+                    row_blocks(&mut out_t, m, |r0, rows, scratch, out| {
+                        int8_block(isa, &a, m, &q[r0 * k..(r0 + rows) * k], k, scratch, out);
+                        for (o, s) in out.chunks_mut(m).zip(&scale[r0..r0 + rows]) {
+                            o.iter_mut().for_each(|v| *v *= s);
+                        }
+                    });
+                }
+                Storage::Bf16(h) => {
+                    let a = Operand::new(isa, x, m, k);
+                    row_blocks(&mut out_t, m, |r0, rows, _, out| {
+                        bf16_block(&a, m, &h.as_slice()[r0 * k..(r0 + rows) * k], k, out);
+                    });
                 }
             }
         }
@@ -322,6 +308,22 @@ impl HostMatrix {
         }
         out
     }
+}
+
+/// Run `task(r0, rows, scratch, out)` on all cores for each block of `BLOCK_ROWS` weight
+/// rows starting at `r0`, `out` being the block's `[rows, m]` part of the transposed
+/// output and `scratch` a per-thread buffer.
+fn row_blocks(
+    out_t: &mut [f32],
+    m: usize,
+    task: impl Fn(usize, usize, &mut Vec<u16>, &mut [f32]) + Sync + Send,
+) {
+    out_t
+        .par_chunks_mut(BLOCK_ROWS * m)
+        .enumerate()
+        .for_each_init(Vec::new, |scratch, (b, out)| {
+            task(b * BLOCK_ROWS, out.len() / m, scratch, out)
+        });
 }
 
 /// `[n, m]` to `[m, n]`, 16 output rows per task so each read of `t` is one cache
@@ -782,58 +784,50 @@ fn f32_product(isa: Isa, x: &[f32], m: usize, w: &[f32], k: usize, out_t: &mut [
             .for_each(|(g, dst)| {
                 transpose_into(&x[g * 16 * k..], k, dst, 16, 16.min(m - g * 16), k)
             });
-        out_t
-            .par_chunks_mut(BLOCK_ROWS * m)
-            .enumerate()
-            .for_each(|(b, out)| {
-                let rows = out.len() / m;
-                let w = &w[b * BLOCK_ROWS * k..(b * BLOCK_ROWS + rows) * k];
-                for k0 in (0..k).step_by(F32_BLOCK_K) {
-                    let kc = F32_BLOCK_K.min(k - k0);
-                    for j0 in (0..rows).step_by(6) {
-                        for g0 in (0..groups).step_by(4) {
-                            // SAFETY: `isa` is not portable, so the CPU has AVX-512F; the
-                            // bounds of every operand are asserted inside.
-                            unsafe {
-                                avx512::outer_f32(
-                                    &packed,
-                                    k,
-                                    g0,
-                                    4.min(groups - g0),
-                                    k0,
-                                    kc,
-                                    &w[j0 * k + k0..],
-                                    k,
-                                    6.min(rows - j0),
-                                    &mut out[j0 * m..],
-                                    m,
-                                    g0 * 16,
-                                    k0 > 0,
-                                )
-                            }
+        row_blocks(out_t, m, |r0, rows, _, out| {
+            let w = &w[r0 * k..(r0 + rows) * k];
+            for k0 in (0..k).step_by(F32_BLOCK_K) {
+                let kc = F32_BLOCK_K.min(k - k0);
+                for j0 in (0..rows).step_by(6) {
+                    for g0 in (0..groups).step_by(4) {
+                        // SAFETY: `isa` is not portable, so the CPU has AVX-512F; the
+                        // bounds of every operand are asserted inside.
+                        unsafe {
+                            avx512::outer_f32(
+                                &packed,
+                                k,
+                                g0,
+                                4.min(groups - g0),
+                                k0,
+                                kc,
+                                &w[j0 * k + k0..],
+                                k,
+                                6.min(rows - j0),
+                                &mut out[j0 * m..],
+                                m,
+                                g0 * 16,
+                                k0 > 0,
+                            )
                         }
                     }
                 }
-            });
+            }
+        });
         return;
     }
-    out_t
-        .par_chunks_mut(BLOCK_ROWS * m)
-        .enumerate()
-        .for_each(|(b, out)| {
-            let rows = out.len() / m;
-            let w = &w[b * BLOCK_ROWS * k..(b * BLOCK_ROWS + rows) * k];
-            stream(x, m, w, k, out, |w, rows, x, dots| match isa {
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: the CPU has AVX-512F; `w` holds `rows` rows of `k`, `x` `k`.
-                Isa::Avx512 | Isa::Avx512Bf16 => unsafe { avx512::dot4_f32(w, k, rows, x, dots) },
-                Isa::Portable => {
-                    for (d, w) in dots.iter_mut().zip(w.chunks(k)) {
-                        *d = w.iter().zip(x).map(|(&w, &x)| w * x).sum();
-                    }
+    row_blocks(out_t, m, |r0, rows, _, out| {
+        let w = &w[r0 * k..(r0 + rows) * k];
+        stream(x, m, w, k, out, |w, rows, x, dots| match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU has AVX-512F; `w` holds `rows` rows of `k`, `x` `k`.
+            Isa::Avx512 | Isa::Avx512Bf16 => unsafe { avx512::dot4_f32(w, k, rows, x, dots) },
+            Isa::Portable => {
+                for (d, w) in dots.iter_mut().zip(w.chunks(k)) {
+                    *d = w.iter().zip(x).map(|(&w, &x)| w * x).sum();
                 }
-            });
+            }
         });
+    });
 }
 
 #[cfg(target_arch = "x86_64")]
