@@ -8,7 +8,6 @@ use std::path::Path;
 
 use burn::tensor::{Tensor, TensorData};
 use criterion::{Criterion, criterion_group, criterion_main};
-use paligemma::attention::RowLayout;
 use paligemma::{Dtype, LoadOptions, Model, WeightFormat, backend::Cpu};
 use safetensors::{Dtype as StDtype, tensor::TensorView};
 
@@ -177,35 +176,16 @@ fn benches(c: &mut Criterion) {
         let features = model.image_features(pixels.clone());
         let ids = model.prompt_ids("caption en").expect("prompt");
         let n = ids.len();
-        let layout = [RowLayout { pad: 0, prefix: n }];
-        let decoder = model.decoder();
-        let prefill = |cache: &mut paligemma::attention::KvCache<Cpu>| {
-            let x = Tensor::cat(
-                vec![
-                    features.clone(),
-                    decoder.embed(&[ids[features.dims()[1]..].to_vec()], &device),
-                ],
-                1,
-            );
-            let hidden = decoder.forward(x, &layout, &[(1..=n).collect()], cache);
-            let last = hidden.slice([0..1, n - 1..n, 0..T_HIDDEN]);
-            decoder.logits(last).into_data()
-        };
+        let prompt = [(&features, ids.as_slice())];
         c.bench_function(&format!("prefill_{n}_tokens_{dtype}"), |b| {
-            b.iter(|| {
-                let mut cache = model.new_cache(1, n + 1);
-                prefill(&mut cache)
-            })
+            b.iter(|| model.prefill(&prompt, 1).expect("prefill").1.into_data())
         });
 
-        let mut cache = model.new_cache(1, n + 1);
-        prefill(&mut cache);
+        let (mut state, _) = model.prefill(&prompt, 1).expect("prefill");
         c.bench_function(&format!("decode_step_{dtype}"), |b| {
             b.iter(|| {
-                let x = decoder.embed(&[vec![100]], &device);
-                let hidden = decoder.forward(x, &layout, &[vec![n + 1]], &mut cache);
-                let logits = decoder.logits(hidden).into_data();
-                cache.truncate(n);
+                let logits = model.extend(&mut state, &[100]).expect("step").into_data();
+                state.truncate(n);
                 logits
             })
         });

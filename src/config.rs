@@ -129,22 +129,19 @@ impl Config {
     /// Read and resolve `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::from_json_str(&text).map_err(|reason| Error::Config {
-            path: path.to_path_buf(),
+        parse(&text).map_err(|reason| Error::Config {
+            path: Some(path.to_path_buf()),
             reason,
         })
     }
 
     /// Parse a `config.json` document, applying transformers' defaults.
-    pub fn from_json_str(json: &str) -> std::result::Result<Self, String> {
-        let raw: RawConfig = serde_json::from_str(json).map_err(|e| e.to_string())?;
-        raw.resolve()
+    pub fn from_json_str(json: &str) -> Result<Self> {
+        parse(json).map_err(|reason| Error::Config { path: None, reason })
     }
 
-    /// Preset for a released checkpoint. `variant` is `1` or `2` (PaliGemma version),
-    /// `size` the parameter count in billions (3 for PaliGemma 1; 3, 10 or 28 for
-    /// PaliGemma 2) and `resolution` 224, 448 or 896.
-    pub fn preset(variant: u8, size: u8, resolution: usize) -> Option<Self> {
+    /// The configuration of a released checkpoint at `resolution` (224, 448 or 896).
+    pub fn preset(release: Release, resolution: usize) -> Option<Self> {
         if ![224, 448, 896].contains(&resolution) {
             return None;
         }
@@ -158,12 +155,43 @@ impl Config {
             patch_size: 14,
             layer_norm_eps: 1e-6,
         };
-        let text = match (variant, size) {
-            (1, 3) => gemma_text(2048, 16384, 18, 8, 1, 256),
-            (2, 3) => gemma2_text(2304, 9216, 26, 8, 4, 256, 256.0),
-            (2, 10) => gemma2_text(3584, 14336, 42, 16, 8, 256, 256.0),
-            (2, 28) => gemma2_text(4608, 36864, 46, 32, 16, 128, 144.0),
-            _ => return None,
+        let text = match release {
+            Release::Pg1_3b => GemmaSize {
+                hidden_size: 2048,
+                intermediate_size: 16384,
+                num_hidden_layers: 18,
+                num_attention_heads: 8,
+                num_key_value_heads: 1,
+                head_dim: 256,
+            }
+            .gemma(),
+            Release::Pg2_3b => GemmaSize {
+                hidden_size: 2304,
+                intermediate_size: 9216,
+                num_hidden_layers: 26,
+                num_attention_heads: 8,
+                num_key_value_heads: 4,
+                head_dim: 256,
+            }
+            .gemma2(256.0),
+            Release::Pg2_10b => GemmaSize {
+                hidden_size: 3584,
+                intermediate_size: 14336,
+                num_hidden_layers: 42,
+                num_attention_heads: 16,
+                num_key_value_heads: 8,
+                head_dim: 256,
+            }
+            .gemma2(256.0),
+            Release::Pg2_28b => GemmaSize {
+                hidden_size: 4608,
+                intermediate_size: 36864,
+                num_hidden_layers: 46,
+                num_attention_heads: 32,
+                num_key_value_heads: 16,
+                head_dim: 128,
+            }
+            .gemma2(144.0),
         };
         Some(Config {
             vision,
@@ -173,51 +201,64 @@ impl Config {
     }
 }
 
-fn gemma_text(
-    hidden: usize,
-    mlp: usize,
-    layers: usize,
-    heads: usize,
-    kv: usize,
-    head_dim: usize,
-) -> TextConfig {
-    TextConfig {
-        arch: TextArch::Gemma,
-        vocab_size: 257216,
-        hidden_size: hidden,
-        intermediate_size: mlp,
-        num_hidden_layers: layers,
-        num_attention_heads: heads,
-        num_key_value_heads: kv,
-        head_dim,
-        rms_norm_eps: 1e-6,
-        rope_theta: 10000.0,
-        max_position_embeddings: 8192,
-        query_pre_attn_scalar: head_dim as f64,
-        attn_logit_softcapping: None,
-        final_logit_softcapping: None,
-        sliding_window: None,
-        layer_types: vec![LayerKind::Full; layers],
-    }
+/// The released PaliGemma checkpoints' architectures (each at 224, 448 and 896 px).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Release {
+    /// PaliGemma 1, 3B (Gemma 2B decoder).
+    Pg1_3b,
+    /// PaliGemma 2, 3B (Gemma 2 2B decoder).
+    Pg2_3b,
+    /// PaliGemma 2, 10B (Gemma 2 9B decoder).
+    Pg2_10b,
+    /// PaliGemma 2, 28B (Gemma 2 27B decoder).
+    Pg2_28b,
 }
 
-fn gemma2_text(
-    hidden: usize,
-    mlp: usize,
-    layers: usize,
-    heads: usize,
-    kv: usize,
+/// The dimensions in which the released decoders differ.
+struct GemmaSize {
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: usize,
     head_dim: usize,
-    query_scalar: f64,
-) -> TextConfig {
-    TextConfig {
-        arch: TextArch::Gemma2,
-        query_pre_attn_scalar: query_scalar,
-        attn_logit_softcapping: Some(50.0),
-        final_logit_softcapping: Some(30.0),
-        sliding_window: Some(4096),
-        layer_types: default_gemma2_layers(layers),
-        ..gemma_text(hidden, mlp, layers, heads, kv, head_dim)
+}
+
+impl GemmaSize {
+    /// A Gemma (PaliGemma 1) decoder of this size.
+    fn gemma(self) -> TextConfig {
+        TextConfig {
+            arch: TextArch::Gemma,
+            vocab_size: 257216,
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_hidden_layers: self.num_hidden_layers,
+            num_attention_heads: self.num_attention_heads,
+            num_key_value_heads: self.num_key_value_heads,
+            head_dim: self.head_dim,
+            rms_norm_eps: 1e-6,
+            rope_theta: 10000.0,
+            max_position_embeddings: 8192,
+            query_pre_attn_scalar: self.head_dim as f64,
+            attn_logit_softcapping: None,
+            final_logit_softcapping: None,
+            sliding_window: None,
+            layer_types: vec![LayerKind::Full; self.num_hidden_layers],
+        }
+    }
+
+    /// A Gemma 2 (PaliGemma 2) decoder of this size.
+    fn gemma2(self, query_pre_attn_scalar: f64) -> TextConfig {
+        let layers = self.num_hidden_layers;
+        TextConfig {
+            arch: TextArch::Gemma2,
+            query_pre_attn_scalar,
+            attn_logit_softcapping: Some(50.0),
+            final_logit_softcapping: Some(30.0),
+            sliding_window: Some(4096),
+            layer_types: default_gemma2_layers(layers),
+            ..self.gemma()
+        }
     }
 }
 
@@ -232,6 +273,11 @@ fn default_gemma2_layers(layers: usize) -> Vec<LayerKind> {
             }
         })
         .collect()
+}
+
+fn parse(json: &str) -> std::result::Result<Config, String> {
+    let raw: RawConfig = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    raw.resolve()
 }
 
 // ---- raw serde view of config.json -------------------------------------------------
@@ -530,7 +576,7 @@ mod tests {
     #[test]
     fn hub_minimal_config_gets_transformers_defaults() {
         let c = Config::from_json_str(HUB_PG1_224).unwrap();
-        assert_eq!(c, Config::preset(1, 3, 224).unwrap());
+        assert_eq!(c, Config::preset(Release::Pg1_3b, 224).unwrap());
         assert_eq!(c.num_image_tokens(), 256);
     }
 
@@ -545,22 +591,25 @@ mod tests {
             "model_type": "siglip_vision_model", "num_attention_heads": 16,
             "num_hidden_layers": 27, "patch_size": 14}}"#;
         let c = Config::from_json_str(json).unwrap();
-        assert_eq!(c, Config::preset(2, 3, 448).unwrap());
+        assert_eq!(c, Config::preset(Release::Pg2_3b, 448).unwrap());
         assert!(c.text.is_sliding(0) && !c.text.is_sliding(1));
         assert_eq!(c.num_image_tokens(), 1024);
     }
 
     #[test]
     fn rejects_other_models() {
-        let err = Config::from_json_str(r#"{"model_type": "llava"}"#).unwrap_err();
+        let err = Config::from_json_str(r#"{"model_type": "llava"}"#)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("llava"), "{err}");
         let err = Config::from_json_str("not json").unwrap_err();
-        assert!(!err.is_empty());
+        assert!(matches!(err, Error::Config { path: None, .. }), "{err}");
         let bad_heads =
             HUB_PG1_224.replace("\"num_key_value_heads\": 1", "\"num_key_value_heads\": 3");
         assert!(
             Config::from_json_str(&bad_heads)
                 .unwrap_err()
+                .to_string()
                 .contains("multiple")
         );
     }

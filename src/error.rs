@@ -22,10 +22,10 @@ pub enum Error {
         hint: String,
     },
     /// `config.json` is malformed or does not describe a supported PaliGemma model.
-    #[error("invalid config {path}: {reason}")]
+    #[error("invalid config{}: {reason}", path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
     Config {
-        /// The config file.
-        path: PathBuf,
+        /// The config file (`None` for a config parsed from a string).
+        path: Option<PathBuf>,
         /// What is wrong with it.
         reason: String,
     },
@@ -81,7 +81,21 @@ pub enum Error {
     /// The segmentation mask decoder is missing or invalid.
     #[error("mask decoder: {0}")]
     MaskDecoder(String),
-    /// The requested backend or dtype is not available in this build.
+    /// The backend cannot run what was asked on this device: a dtype it does not
+    /// compute in, or host weights on a GPU backend.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// A name (of a dtype, a weight format, ...) that this crate does not know.
+    #[error("unknown {kind} {name:?}: expected {expected}")]
+    UnknownName {
+        /// What was being named: `"dtype"`, `"weight format"`.
+        kind: &'static str,
+        /// The name given.
+        name: String,
+        /// The accepted names.
+        expected: &'static str,
+    },
+    /// The backend failed while running (reading a result back, for example).
     #[error("backend: {0}")]
     Backend(String),
 }

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use burn::module::{Module, Param};
 use burn::tensor::{FloatDType, Int, Tensor, TensorData, TensorPrimitive, backend::Backend};
 
 use crate::error::Result;
@@ -10,24 +11,32 @@ use crate::weights::WeightStore;
 
 /// A dense layer holding the checkpoint's `[out, in]` weight; it multiplies by a
 /// transposed view, so loading needs no copy and the tied `lm_head` can share storage.
-#[derive(Debug, Clone)]
+///
+/// The weight is either a trainable backend parameter or, for inference with
+/// [`WeightFormat`](crate::WeightFormat) other than `Backend`, a matrix in host memory
+/// multiplied by the crate's CPU kernels (not a parameter: it never trains).
+#[derive(Module, Debug)]
 pub struct Linear<B: Backend> {
-    inner: Weight<B>,
+    weight: Option<Param<Tensor<B, 2>>>,
+    bias: Option<Param<Tensor<B, 1>>>,
+    #[module(skip)]
+    host: Option<HostWeight>,
 }
 
-/// Where a layer's weight and bias live: backend tensors, or host memory with the
-/// weight in bf16/int8 ([`WeightFormat`](crate::WeightFormat)).
+/// A host-memory weight and its f32 bias.
 #[derive(Debug, Clone)]
-enum Weight<B: Backend> {
-    Tensor(Tensor<B, 2>, Option<Tensor<B, 1>>),
-    Host(Arc<HostMatrix>, Option<Arc<[f32]>>),
+struct HostWeight {
+    matrix: Arc<HostMatrix>,
+    bias: Option<Arc<[f32]>>,
 }
 
 impl<B: Backend> Linear<B> {
     /// Wrap an `[out, in]` weight.
     pub fn new(weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Self {
         Linear {
-            inner: Weight::Tensor(weight, bias),
+            weight: Some(Param::from_tensor(weight)),
+            bias: bias.map(Param::from_tensor),
+            host: None,
         }
     }
 
@@ -42,66 +51,73 @@ impl<B: Backend> Linear<B> {
     ) -> Result<Self> {
         let weight = format!("{prefix}.weight");
         let bias_name = format!("{prefix}.bias");
-        let inner = if store.format().is_host() {
+        if store.format().is_host() {
             let bias = match bias {
                 true => Some(store.values_f32(&bias_name, &[d_out])?.into()),
                 false => None,
             };
-            Weight::Host(Arc::new(store.host_matrix(&weight, d_out, d_in)?), bias)
-        } else {
-            let bias = match bias {
-                true => Some(store.tensor::<B, 1>(&bias_name, [d_out], device)?),
-                false => None,
-            };
-            Weight::Tensor(store.tensor::<B, 2>(&weight, [d_out, d_in], device)?, bias)
+            let matrix = Arc::new(store.host_matrix(&weight, d_out, d_in)?);
+            return Ok(Linear {
+                weight: None,
+                bias: None,
+                host: Some(HostWeight { matrix, bias }),
+            });
+        }
+        let bias = match bias {
+            true => Some(store.tensor::<B, 1>(&bias_name, [d_out], device)?),
+            false => None,
         };
-        Ok(Linear { inner })
+        Ok(Self::new(
+            store.tensor::<B, 2>(&weight, [d_out, d_in], device)?,
+            bias,
+        ))
     }
 
     /// `x @ W^T + b` over the last dimension.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        match &self.inner {
-            Weight::Tensor(w, bias) => {
-                let y = matmul_transposed(x, w);
-                match bias {
-                    Some(b) => y + b.clone().unsqueeze::<D>(),
-                    None => y,
-                }
-            }
-            Weight::Host(w, bias) => {
-                let (x, mut dims, device) = to_host(x);
-                let y = w.matmul_t(&x, x.len() / w.cols().max(1), bias.as_deref());
-                dims[D - 1] = w.rows();
-                from_host(y, dims, &device)
-            }
+        if let Some(h) = &self.host {
+            let (x, mut dims, device) = to_host(x);
+            let w = &h.matrix;
+            let y = w.matmul_t(&x, x.len() / w.cols().max(1), h.bias.as_deref());
+            dims[D - 1] = w.rows();
+            return from_host(y, dims, &device);
+        }
+        let y = matmul_transposed(x, &self.weight_tensor());
+        match &self.bias {
+            Some(b) => y + b.val().unsqueeze::<D>(),
+            None => y,
         }
     }
 
     /// Rows `ids` of the `[out, in]` weight as `[ids.len(), in]`: an embedding lookup,
     /// for the decoder's tied table (looked up by token, multiplied for the logits).
     pub fn rows(&self, ids: &[u32], device: &B::Device) -> Tensor<B, 2> {
-        match &self.inner {
-            Weight::Tensor(w, _) => {
-                let idx: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
-                let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [ids.len()]), device);
-                w.clone().select(0, idx)
+        if let Some(h) = &self.host {
+            let w = &h.matrix;
+            let mut out = vec![0f32; ids.len() * w.cols()];
+            for (row, &id) in out.chunks_mut(w.cols().max(1)).zip(ids) {
+                w.row_into(id as usize, row);
             }
-            Weight::Host(w, _) => {
-                let mut out = vec![0f32; ids.len() * w.cols()];
-                for (row, &id) in out.chunks_mut(w.cols().max(1)).zip(ids) {
-                    w.row_into(id as usize, row);
-                }
-                from_host(out, [ids.len(), w.cols()], device)
-            }
+            return from_host(out, [ids.len(), w.cols()], device);
+        }
+        let idx: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+        let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [ids.len()]), device);
+        self.weight_tensor().select(0, idx)
+    }
+
+    /// The backend weight; every constructor sets either it or the host weight.
+    fn weight_tensor(&self) -> Tensor<B, 2> {
+        match &self.weight {
+            Some(w) => w.val(),
+            None => unreachable!("a Linear holds a backend or a host weight"),
         }
     }
 
     /// The host weight and bias, when this layer has them.
     fn host(&self) -> Option<(&HostMatrix, Option<&[f32]>)> {
-        match &self.inner {
-            Weight::Host(w, bias) => Some((w, bias.as_deref())),
-            Weight::Tensor(..) => None,
-        }
+        self.host
+            .as_ref()
+            .map(|h| (h.matrix.as_ref(), h.bias.as_deref()))
     }
 }
 
@@ -173,11 +189,11 @@ pub fn matmul_transposed<B: Backend, const D: usize>(
     y.reshape(dims)
 }
 
-/// LayerNorm with affine weight and bias (SigLIP).
-#[derive(Debug, Clone)]
+/// LayerNorm with affine weight and bias (SigLIP), parameters in f32.
+#[derive(Module, Debug)]
 pub struct LayerNorm<B: Backend> {
-    gamma: Tensor<B, 1>,
-    beta: Tensor<B, 1>,
+    gamma: Param<Tensor<B, 1>>,
+    beta: Param<Tensor<B, 1>>,
     eps: f64,
 }
 
@@ -190,8 +206,12 @@ impl<B: Backend> LayerNorm<B> {
         device: &B::Device,
     ) -> Result<Self> {
         Ok(LayerNorm {
-            gamma: store.tensor_f32(&format!("{prefix}.weight"), [dim], device)?,
-            beta: store.tensor_f32(&format!("{prefix}.bias"), [dim], device)?,
+            gamma: Param::from_tensor(store.tensor_f32(
+                &format!("{prefix}.weight"),
+                [dim],
+                device,
+            )?),
+            beta: Param::from_tensor(store.tensor_f32(&format!("{prefix}.bias"), [dim], device)?),
             eps,
         })
     }
@@ -201,18 +221,19 @@ impl<B: Backend> LayerNorm<B> {
         in_f32(x, |x| {
             Tensor::from_primitive(TensorPrimitive::Float(B::layer_norm(
                 x.into_primitive().tensor(),
-                self.gamma.clone().into_primitive().tensor(),
-                Some(self.beta.clone().into_primitive().tensor()),
+                self.gamma.val().into_primitive().tensor(),
+                Some(self.beta.val().into_primitive().tensor()),
                 self.eps,
             )))
         })
     }
 }
 
-/// Gemma's RMSNorm: `x / rms(x) * (1 + w)`, with `1 + w` folded in at load time.
-#[derive(Debug, Clone)]
+/// Gemma's RMSNorm: `x / rms(x) * (1 + w)`, `w` in f32 as the checkpoint stores it
+/// (the parameter a fine-tune updates and saves).
+#[derive(Module, Debug)]
 pub struct RmsNorm<B: Backend> {
-    scale: Tensor<B, 1>,
+    weight: Param<Tensor<B, 1>>,
     eps: f64,
 }
 
@@ -224,9 +245,12 @@ impl<B: Backend> RmsNorm<B> {
         eps: f64,
         device: &B::Device,
     ) -> Result<Self> {
-        let w: Tensor<B, 1> = store.tensor_f32(&format!("{name}.weight"), [dim], device)?;
         Ok(RmsNorm {
-            scale: w + 1.0,
+            weight: Param::from_tensor(store.tensor_f32(
+                &format!("{name}.weight"),
+                [dim],
+                device,
+            )?),
             eps,
         })
     }
@@ -236,7 +260,7 @@ impl<B: Backend> RmsNorm<B> {
         in_f32(x, |x| {
             let mean_sq = x.clone().powi_scalar(2).mean_dim(D - 1);
             let inv = (mean_sq + self.eps).sqrt().recip();
-            x * inv * self.scale.clone().unsqueeze::<D>()
+            x * inv * (self.weight.val() + 1.0).unsqueeze::<D>()
         })
     }
 }

@@ -3,10 +3,6 @@
 //! Google's PaliGemma 1 and 2 vision-language models on [burn], generic over the
 //! backend: pure-Rust CPU by default, any GPU through wgpu, NVIDIA through CUDA.
 //!
-//! Data flows one way: image → [`processor`] pixels → [`vision`] tower → projector →
-//! merged embeddings ([`model`]) → [`text`] decoder → tokens ([`generate`]) → typed
-//! results ([`task`]).
-//!
 //! ```
 //! # fn main() -> paligemma::Result<()> {
 //! use paligemma::{GenerateOptions, Model, backend::Cpu};
@@ -15,34 +11,69 @@
 //! let image = paligemma::load_image("tests/fixtures/images/photo.png")?;
 //! let out = model.generate(&image, "caption en", &GenerateOptions::default())?;
 //! println!("{}", out.text);
+//!
+//! // Typed tasks: boxes in pixels of the original image.
+//! for cat in model.detect(&image, "cat")? {
+//!     println!("{} at {:?}", cat.label, cat.bbox);
+//! }
 //! # Ok(()) }
 //! ```
+//!
+//! ## How data flows
+//!
+//! image → [`load_image`] / [`preprocess_image`] pixels → [`VisionTower`] (SigLIP) →
+//! projector → prompt embeddings with the image features merged in ([`PaliGemma`]) →
+//! [`Decoder`] (Gemma) → tokens ([`Model::generate`], [`GenerateOptions`]) → typed
+//! results ([`task`]: [`Detection`], [`Segmentation`], with [`MaskDecoder`] for masks).
+//! `docs/architecture.md` maps each step to its file.
+//!
+//! ## Where to start
+//!
+//! - [`Model::from_pretrained`] loads a Hugging Face checkpoint directory; [`LoadOptions`]
+//!   picks the compute [`Dtype`] and the [`WeightFormat`].
+//! - [`Model::caption`], [`Model::answer`], [`Model::ocr`], [`Model::detect`] and
+//!   [`Model::segment`] run the tasks the mix checkpoints were trained on.
+//! - [`Model::generate`], [`Model::generate_stream`] and [`Model::generate_batch`] run
+//!   any prompt; [`Model::prefill`] and [`Model::extend`] are the two steps of a
+//!   decoding loop of your own.
 #![warn(missing_docs)]
 
-pub mod attention;
+mod attention;
 pub mod backend;
-pub mod config;
-pub mod error;
-pub mod generate;
+mod config;
+mod error;
+mod gemma;
+mod generate;
 mod host;
-pub mod layers;
-pub mod mask;
-pub mod model;
-pub mod pipeline;
-pub mod precision;
-pub mod processor;
+mod kv_cache;
+mod layers;
+mod model;
+mod npz;
+mod paligemma;
+mod precision;
+mod prefix_lm;
+mod preprocess;
+mod pretrained;
 mod resize;
-mod sampling;
+mod rope;
+mod segmentation;
+mod siglip;
 pub mod task;
-pub mod text;
-pub mod vision;
-pub mod weights;
+mod tokenizer;
+mod weights;
 
-pub use config::Config;
+pub use crate::paligemma::{DecodeState, PaliGemma};
+pub use config::{Config, LayerKind, Release, TextArch, TextConfig, VisionConfig};
 pub use error::{Error, Result};
-pub use generate::{FinishReason, GenerateOptions, Generation, Timings};
+pub use gemma::Decoder;
+pub use generate::{Diagnostics, FinishReason, GenerateOptions, Generation, Sampling, Timings};
+pub use kv_cache::KvCache;
 pub use model::{ImageEmbedding, Model};
-pub use pipeline::{Detection, Segmentation, TaskOutput};
-pub use precision::{Dtype, LoadOptions, WeightFormat};
-pub use processor::load_image;
-pub use task::{BoundingBox, Task};
+pub use precision::{Dtype, WeightFormat};
+pub use prefix_lm::RowLayout;
+pub use preprocess::{load_image, preprocess_image, to_rgb};
+pub use pretrained::LoadOptions;
+pub use segmentation::{BinaryMask, CODES_PER_MASK, MASK_SIZE, MaskDecoder, paste_mask};
+pub use siglip::VisionTower;
+pub use task::{BoundingBox, Detection, Segmentation, Task, TaskError, TaskOutput};
+pub use tokenizer::Tokenizer;

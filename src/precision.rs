@@ -1,4 +1,5 @@
-//! The compute dtype, chosen when a model is loaded.
+//! Numeric formats chosen when a model is loaded: the compute dtype and how the large
+//! weight matrices are held.
 //!
 //! Weights are converted from whatever the checkpoint stores into the compute dtype
 //! while loading. Norms, the attention softmax, GELU and the final logits run in f32
@@ -55,7 +56,7 @@ impl Dtype {
         if B::supports_dtype(device, self.burn_dtype()) {
             Ok(())
         } else {
-            Err(Error::Backend(format!(
+            Err(Error::Unsupported(format!(
                 "the {} backend cannot compute in {} on {device:?}; use --dtype f32{}",
                 B::name(device),
                 self.name(),
@@ -83,9 +84,11 @@ impl FromStr for Dtype {
             "f32" | "float32" => Ok(Dtype::F32),
             "f16" | "float16" | "half" => Ok(Dtype::F16),
             "bf16" | "bfloat16" => Ok(Dtype::Bf16),
-            _ => Err(Error::Backend(format!(
-                "unknown dtype {s:?}: expected f32, f16 or bf16"
-            ))),
+            _ => Err(Error::UnknownName {
+                kind: "dtype",
+                name: s.to_string(),
+                expected: "f32, f16 or bf16",
+            }),
         }
     }
 }
@@ -143,7 +146,7 @@ impl WeightFormat {
             return Ok(());
         }
         if !crate::backend::is_cpu::<B>() {
-            return Err(Error::Backend(format!(
+            return Err(Error::Unsupported(format!(
                 "{} weights are multiplied on the CPU, but the backend is {}; use a CPU \
                  backend or --weights backend",
                 self.name(),
@@ -151,7 +154,7 @@ impl WeightFormat {
             )));
         }
         if dtype != Dtype::F32 {
-            return Err(Error::Backend(format!(
+            return Err(Error::Unsupported(format!(
                 "{} weights compute activations in f32; got --dtype {dtype}",
                 self.name()
             )));
@@ -175,20 +178,13 @@ impl FromStr for WeightFormat {
             "f32" | "float32" => Ok(WeightFormat::F32),
             "bf16" | "bfloat16" => Ok(WeightFormat::Bf16),
             "int8" | "i8" | "q8" => Ok(WeightFormat::Int8),
-            _ => Err(Error::Backend(format!(
-                "unknown weight format {s:?}: expected backend, f32, bf16 or int8"
-            ))),
+            _ => Err(Error::UnknownName {
+                kind: "weight format",
+                name: s.to_string(),
+                expected: "backend, f32, bf16 or int8",
+            }),
         }
     }
-}
-
-/// How [`Model::from_pretrained_with`](crate::Model::from_pretrained_with) loads a checkpoint.
-#[derive(Debug, Clone, Default)]
-pub struct LoadOptions {
-    /// Compute dtype (default f32).
-    pub dtype: Dtype,
-    /// How the large matrices are stored and multiplied (default: backend tensors).
-    pub weights: WeightFormat,
 }
 
 #[cfg(test)]

@@ -247,11 +247,6 @@ impl WeightStore {
         self.format
     }
 
-    /// Names of every tensor in the checkpoint.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.index.keys().map(String::as_str)
-    }
-
     fn raw(&self, name: &str) -> Option<Result<RawTensor<'_>>> {
         let (name, &file_idx) = self.index.get_key_value(name)?;
         let file = &self.files[file_idx];

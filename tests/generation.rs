@@ -73,7 +73,7 @@ fn seeded_sampling_is_reproducible_and_top_k_one_is_greedy() {
     let sample = |seed| {
         let o = GenerateOptions::default()
             .max_new_tokens(12)
-            .sample(1.5, None, 1.0, seed);
+            .sample(1.5, seed);
         model
             .generate(&image, "caption en", &o)
             .unwrap()
@@ -93,7 +93,8 @@ fn seeded_sampling_is_reproducible_and_top_k_one_is_greedy() {
         .unwrap();
     let top1 = GenerateOptions::default()
         .max_new_tokens(12)
-        .sample(2.0, Some(1), 1.0, 9);
+        .sample(2.0, 9)
+        .top_k(1);
     assert_eq!(
         model
             .generate(&image, "caption en", &top1)

@@ -6,7 +6,9 @@ mod common;
 
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 use common::*;
-use paligemma::{Dtype, GenerateOptions, LoadOptions, Model, WeightFormat, backend::Cpu};
+use paligemma::{
+    Diagnostics, Dtype, GenerateOptions, LoadOptions, Model, WeightFormat, backend::Cpu,
+};
 
 const TOL: f32 = 1e-4;
 
@@ -60,7 +62,10 @@ fn check_model_with<B: Backend>(name: &str, options: &LoadOptions, device: &B::D
 
         let options = GenerateOptions {
             max_new_tokens: max_new,
-            top_logits: 5,
+            diagnostics: Diagnostics {
+                top_logits: Some(5),
+                ..Default::default()
+            },
             ..Default::default()
         };
         let out = model.generate(&image, prompt, &options).unwrap();
@@ -233,7 +238,7 @@ fn host_weights_refuse_half_activations() {
     };
     let dir = fixtures().join("pg2-tiny");
     match Model::<Cpu>::from_pretrained_with(dir, &Default::default(), &options) {
-        Err(paligemma::Error::Backend(msg)) => {
+        Err(paligemma::Error::Unsupported(msg)) => {
             assert!(msg.contains("f16") && msg.contains("bf16 weights"), "{msg}")
         }
         Err(e) => panic!("unexpected error {e}"),
@@ -287,14 +292,14 @@ fn half_precision_on_wgpu() {
         };
         let err =
             Model::<Wgpu>::from_pretrained_with(fixtures().join("pg1-tiny"), &device, &options);
-        assert!(matches!(err, Err(paligemma::Error::Backend(_))));
+        assert!(matches!(err, Err(paligemma::Error::Unsupported(_))));
     }
     let options = LoadOptions {
         dtype: Dtype::Bf16,
         ..Default::default()
     };
     match Model::<Wgpu>::from_pretrained_with(fixtures().join("pg2-tiny"), &device, &options) {
-        Err(paligemma::Error::Backend(msg)) => assert!(msg.contains("bf16"), "{msg}"),
+        Err(paligemma::Error::Unsupported(msg)) => assert!(msg.contains("bf16"), "{msg}"),
         Err(e) => panic!("bf16 on wgpu: unexpected error {e}"),
         Ok(_) => {
             assert!(Wgpu::supports_dtype(&device, DType::BF16));
@@ -307,7 +312,7 @@ fn half_precision_on_wgpu() {
         ..Default::default()
     };
     match Model::<Wgpu>::from_pretrained_with(fixtures().join("pg2-tiny"), &device, &options) {
-        Err(paligemma::Error::Backend(msg)) => assert!(msg.contains("CPU"), "{msg}"),
+        Err(paligemma::Error::Unsupported(msg)) => assert!(msg.contains("CPU"), "{msg}"),
         Err(e) => panic!("int8 weights on wgpu: unexpected error {e}"),
         Ok(_) => panic!("int8 weights on wgpu must be refused"),
     }
@@ -345,7 +350,7 @@ fn preprocessing_matches_pil_processor() {
     for (key, m) in meta.as_object().unwrap() {
         let image = open_image(m["image"].as_str().unwrap());
         let size = m["size"].as_u64().unwrap() as usize;
-        let ours = paligemma::processor::preprocess_image(&image, size).unwrap();
+        let ours = paligemma::preprocess_image(&image, size).unwrap();
         let theirs = &tensors[key].data;
         let mean = mean_abs_diff(&ours, theirs);
         let max = max_abs_diff(&ours, theirs);
@@ -357,9 +362,9 @@ fn preprocessing_matches_pil_processor() {
     }
 }
 
-fn random_vae() -> paligemma::mask::MaskDecoder<Cpu> {
+fn random_vae() -> paligemma::MaskDecoder<Cpu> {
     let path = fixtures().join("vae/vae-oid-random.npz");
-    paligemma::mask::MaskDecoder::<Cpu>::from_npz(path, &Default::default()).unwrap()
+    paligemma::MaskDecoder::<Cpu>::from_npz(path, &Default::default()).unwrap()
 }
 
 #[test]
@@ -371,7 +376,7 @@ fn mask_decoder_matches_pytorch() {
         .chunks_exact(16)
         .map(|c| std::array::from_fn(|i| c[i] as u16))
         .collect();
-    let ours: Vec<f32> = decoder.decode_to_vec(&codes).unwrap().concat();
+    let ours: Vec<f32> = decoder.masks(&codes).unwrap().concat();
     let diff = max_abs_diff(&ours, &t["masks"].data);
     let scale = t["masks"].data.iter().fold(0f32, |m, v| m.max(v.abs()));
     assert!(
@@ -389,13 +394,9 @@ fn pasted_masks_match_big_vision_evaluator() {
         meta["width"].as_u64().unwrap() as u32,
         meta["height"].as_u64().unwrap() as u32,
     );
-    let (objects, skipped) = paligemma::pipeline::segmentations_from_text(
-        meta["text"].as_str().unwrap(),
-        w,
-        h,
-        &decoder,
-    )
-    .unwrap();
+    let (objects, skipped) =
+        paligemma::task::segmentations_from_text(meta["text"].as_str().unwrap(), w, h, &decoder)
+            .unwrap();
     assert!(skipped.is_empty(), "{skipped:?}");
     assert_eq!(objects.len(), 2);
     let plane = (w * h) as usize;

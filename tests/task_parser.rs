@@ -1,7 +1,7 @@
 //! Property tests for the `<loc>`/`<seg>` output parser and the task prompts.
 
 use paligemma::task::{
-    BoundingBox, Coordinates, ParseOutput, ParsedObject, Task, format_objects, loc_token,
+    BoundingBox, Coordinates, Detection, ParseOutput, Task, format_objects, loc_token,
     parse_objects_with, seg_token,
 };
 use proptest::prelude::*;
@@ -74,7 +74,7 @@ fn check(text: &str, w: u32, h: u32, seg: bool) -> Result<(), TestCaseError> {
     prop_assert!(out.objects.len() * 4 <= text.matches("<loc").count());
     for o in &out.objects {
         let b = o.bbox;
-        let (wf, hf) = (w as f32, h as f32);
+        let (wf, hf) = (f64::from(w), f64::from(h));
         if w > 0 {
             prop_assert!(
                 0.0 <= b.x_min && b.x_min < b.x_max && b.x_max <= wf,
@@ -185,12 +185,12 @@ proptest! {
         separator in prop::sample::select(vec![" ; ", "", "\n", " ;", "<eos>"]),
         (w, h) in (1u32..4000, 1u32..4000),
     ) {
-        let objects: Vec<ParsedObject> = objs
+        let objects: Vec<Detection> = objs
             .into_iter()
             .filter_map(|(y0, x0, dy, dx, label, codes)| {
                 let (y1, x1) = ((y0 + dy).min(1023), (x0 + dx).min(1023));
                 let codes = if seg { Some(codes.unwrap_or([0; 16])) } else { codes };
-                (y1 > y0 && x1 > x0).then_some(ParsedObject {
+                (y1 > y0 && x1 > x0).then_some(Detection {
                     label,
                     bbox: BoundingBox { x_min: 0.0, y_min: 0.0, x_max: 0.0, y_max: 0.0 },
                     loc: [y0, x0, y1, x1],
@@ -213,8 +213,8 @@ proptest! {
                 prop_assert_eq!((&a.label, a.loc, a.seg_codes), (&b.label, b.loc, b.seg_codes));
                 let x_min = f64::from(b.loc[1]) / 1023.0 * f64::from(w);
                 let y_max = f64::from(b.loc[2]) / 1023.0 * f64::from(h);
-                prop_assert!((f64::from(a.bbox.x_min) - x_min).abs() <= 1e-3 * x_min.max(1.0));
-                prop_assert!((f64::from(a.bbox.y_max) - y_max).abs() <= 1e-3 * y_max.max(1.0));
+                prop_assert!((a.bbox.x_min - x_min).abs() <= 1e-3 * x_min.max(1.0));
+                prop_assert!((a.bbox.y_max - y_max).abs() <= 1e-3 * y_max.max(1.0));
             }
         }
     }

@@ -15,7 +15,7 @@ const COLORS: [[u8; 3]; 8] = [
 
 /// One object to draw: pixel box (x_min, y_min, x_max, y_max), label, optional mask.
 pub struct Annotation<'a> {
-    pub bbox: (f32, f32, f32, f32),
+    pub bbox: (f64, f64, f64, f64),
     pub label: &'a str,
     pub mask: Option<&'a [bool]>,
 }
@@ -36,7 +36,7 @@ pub fn annotate(image: &mut RgbImage, objects: &[Annotation<'_>]) {
             }
         }
         let (x0, y0, x1, y1) = o.bbox;
-        let clamp = |v: f32, max: u32| (v.max(0.0) as u32).min(max.saturating_sub(1));
+        let clamp = |v: f64, max: u32| (v.max(0.0) as u32).min(max.saturating_sub(1));
         let (x0, y0, x1, y1) = (clamp(x0, w), clamp(y0, h), clamp(x1, w), clamp(y1, h));
         let thickness = (w.min(h) / 200).max(1);
         for t in 0..thickness {

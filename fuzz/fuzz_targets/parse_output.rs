@@ -24,10 +24,10 @@ fuzz_target!(|data: &[u8]| {
             for o in &out.objects {
                 let b = o.bbox;
                 if width > 0 {
-                    assert!(0.0 <= b.x_min && b.x_min < b.x_max && b.x_max <= width as f32);
+                    assert!(0.0 <= b.x_min && b.x_min < b.x_max && b.x_max <= f64::from(width));
                 }
                 if height > 0 {
-                    assert!(0.0 <= b.y_min && b.y_min < b.y_max && b.y_max <= height as f32);
+                    assert!(0.0 <= b.y_min && b.y_min < b.y_max && b.y_max <= f64::from(height));
                 }
                 assert!(o.loc.iter().all(|&v| v <= 1023));
                 assert!(!o.label.is_empty() && o.label.trim() == o.label);

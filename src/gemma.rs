@@ -2,18 +2,24 @@
 //! [`TextConfig`]: Gemma 2 adds post-attention and post-MLP norms, attention and final
 //! logit soft-capping, `query_pre_attn_scalar` and sliding-window layers.
 
+use burn::module::Module;
 use burn::tensor::{Bool, FloatDType, Tensor, backend::Backend};
 
-use crate::attention::{KvCache, Rope, RowLayout, apply_rope, grouped_attention, prefix_lm_mask};
+use crate::attention::grouped_attention;
 use crate::config::{TextArch, TextConfig};
 use crate::error::Result;
+use crate::kv_cache::KvCache;
 use crate::layers::{Linear, RmsNorm, feed_forward};
 use crate::precision::Dtype;
+use crate::prefix_lm::{RowLayout, prefix_lm_mask};
+use crate::rope::{Rope, apply_rope};
 use crate::weights::WeightStore;
 
 const PREFIX: &str = "language_model.model";
 
-struct DecoderLayer<B: Backend> {
+/// One decoder block: attention and a GeGLU feed-forward, each pre-normed.
+#[derive(Module, Debug)]
+pub(crate) struct DecoderLayer<B: Backend> {
     input_norm: RmsNorm<B>,
     q: Linear<B>,
     k: Linear<B>,
@@ -31,6 +37,7 @@ struct DecoderLayer<B: Backend> {
 }
 
 /// Gemma decoder with a tied output projection.
+#[derive(Module, Debug)]
 pub struct Decoder<B: Backend> {
     config: TextConfig,
     /// The tied embedding table `[vocab, hidden]`, also the output projection.

@@ -1,6 +1,7 @@
 //! The SigLIP vision tower: patch embedding, learned positions, a pre-LN transformer
 //! encoder and a final LayerNorm. PaliGemma uses no pooling head.
 
+use burn::module::{Module, Param};
 use burn::tensor::{Tensor, backend::Backend};
 
 use crate::attention::grouped_attention;
@@ -11,7 +12,9 @@ use crate::weights::WeightStore;
 
 const PREFIX: &str = "vision_tower.vision_model";
 
-struct EncoderLayer<B: Backend> {
+/// One pre-LN transformer block.
+#[derive(Module, Debug)]
+pub(crate) struct EncoderLayer<B: Backend> {
     ln1: LayerNorm<B>,
     q: Linear<B>,
     k: Linear<B>,
@@ -23,11 +26,12 @@ struct EncoderLayer<B: Backend> {
 }
 
 /// SigLIP image encoder.
+#[derive(Module, Debug)]
 pub struct VisionTower<B: Backend> {
     config: VisionConfig,
     /// The patch convolution as a linear map over flattened `(channel, row, col)` patches.
     patch_embed: Linear<B>,
-    positions: Tensor<B, 2>,
+    positions: Param<Tensor<B, 2>>,
     layers: Vec<EncoderLayer<B>>,
     post_ln: LayerNorm<B>,
 }
@@ -46,7 +50,7 @@ impl<B: Backend> VisionTower<B> {
             device,
         )?;
         let patch_embed = Linear::new(conv.reshape([h, ch * p * p]), Some(conv_bias));
-        let positions = store.tensor(
+        let positions: Tensor<B, 2> = store.tensor(
             &format!("{PREFIX}.embeddings.position_embedding.weight"),
             [c.num_patches(), h],
             device,
@@ -74,7 +78,7 @@ impl<B: Backend> VisionTower<B> {
         Ok(VisionTower {
             config: c.clone(),
             patch_embed,
-            positions,
+            positions: Param::from_tensor(positions),
             layers,
             post_ln,
         })
@@ -85,7 +89,8 @@ impl<B: Backend> VisionTower<B> {
         let c = &self.config;
         let [b, ch, height, width] = pixels.dims();
         // Pixels arrive in f32; the tower runs in the weights' dtype.
-        let pixels = pixels.cast(self.positions.dtype());
+        let positions = self.positions.val();
+        let pixels = pixels.cast(positions.dtype());
         let p = c.patch_size;
         let (gh, gw) = (height / p, width / p);
         // Non-overlapping patches flattened in the conv weight's (channel, row, col)
@@ -94,7 +99,7 @@ impl<B: Backend> VisionTower<B> {
             .reshape([b, ch, gh, p, gw, p])
             .permute([0, 2, 4, 1, 3, 5])
             .reshape([b, gh * gw, ch * p * p]);
-        let mut x = self.patch_embed.forward(patches) + self.positions.clone().unsqueeze::<3>();
+        let mut x = self.patch_embed.forward(patches) + positions.unsqueeze::<3>();
         for layer in &self.layers {
             x = layer.forward(x, c.num_attention_heads);
         }

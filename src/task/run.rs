@@ -1,41 +1,19 @@
-//! Typed task methods on [`Model`]: caption, describe, answer, OCR, detect, segment.
+//! The typed task methods on [`Model`]: caption, describe, answer, OCR, detect, segment.
 //!
-//! Each builds the trained prompt ([`Task`]), generates greedily and turns the output
-//! into typed results, with boxes and masks in pixels of the original image.
-
-use std::path::Path;
+//! Each builds the trained prompt ([`Task`]), generates greedily with the task's budget
+//! ([`Task::default_max_new_tokens`]) and turns the output into typed results, with
+//! boxes and masks in pixels of the original image. Detection and segmentation share
+//! one path, [`Model::object_task`], and differ only in how the text becomes objects.
 
 use burn::tensor::backend::Backend;
 use image::DynamicImage;
-use serde::Serialize;
 
+use super::objects::{Detection, Segmentation, Skipped, segmentations_from_text};
+use super::parse::parse_detections;
+use super::prompt::Task;
 use crate::error::{Error, Result};
 use crate::generate::{GenerateOptions, Generation};
-use crate::mask::{BinaryMask, MaskDecoder, paste_mask};
 use crate::model::Model;
-use crate::task::{BoundingBox, Skipped, Task, parse_detections, parse_segmentations};
-
-/// A detected object.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Detection {
-    /// The label the model wrote.
-    pub label: String,
-    /// The box in pixels of the original image.
-    pub bbox: BoundingBox,
-}
-
-/// A segmented object.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Segmentation {
-    /// The label the model wrote.
-    pub label: String,
-    /// The box in pixels of the original image.
-    pub bbox: BoundingBox,
-    /// Binary mask over the whole original image, pasted as big_vision's evaluator does.
-    pub mask: BinaryMask,
-    /// The decoder's soft 64 x 64 output (row-major, nominally in [-1, 1]).
-    pub mask64: Vec<f32>,
-}
 
 /// Objects of a detection or segmentation task, with everything else the model said.
 #[derive(Debug, Clone)]
@@ -53,27 +31,7 @@ const VAE_HINT: &str = "segmentation needs the VQ-VAE mask decoder vae-oid.npz (
     with big_vision's PaliGemma release and the Hugging Face PaliGemma demo space): put it \
     in the checkpoint directory or call Model::with_mask_decoder";
 
-/// Default generation budget per task: room for several objects or a long answer.
-fn budget(task: &Task) -> usize {
-    match task {
-        Task::Caption { .. } | Task::Answer { .. } | Task::Question { .. } => 64,
-        Task::Describe { .. } | Task::Ocr | Task::Detect { .. } => 256,
-        Task::Segment { objects } => (24 * objects.len() + 8).clamp(64, 512),
-    }
-}
-
 impl<B: Backend> Model<B> {
-    /// Load the segmentation decoder from a `vae-oid.npz` file.
-    pub fn with_mask_decoder(mut self, path: impl AsRef<Path>) -> Result<Self> {
-        self.mask_decoder = Some(MaskDecoder::from_npz(path, &self.device)?);
-        Ok(self)
-    }
-
-    /// The segmentation decoder, when one is loaded.
-    pub fn mask_decoder(&self) -> Option<&MaskDecoder<B>> {
-        self.mask_decoder.as_ref()
-    }
-
     /// Run a task with explicit generation options and return the raw generation.
     pub fn run_task(
         &self,
@@ -84,9 +42,10 @@ impl<B: Backend> Model<B> {
         self.generate(image, &task.prompt()?, options)
     }
 
-    fn run_default(&self, image: &DynamicImage, task: &Task) -> Result<Generation> {
-        let options = GenerateOptions::default().max_new_tokens(budget(task));
-        self.run_task(image, task, &options)
+    /// Run a task greedily with its default budget and return the text.
+    fn task_text(&self, image: &DynamicImage, task: &Task) -> Result<String> {
+        let options = GenerateOptions::default().max_new_tokens(task.default_max_new_tokens());
+        Ok(self.run_task(image, task, &options)?.text)
     }
 
     /// A short caption in language `lang` (`"en"`, `"de"`, ...).
@@ -100,13 +59,12 @@ impl<B: Backend> Model<B> {
     /// # Ok(()) }
     /// ```
     pub fn caption(&self, image: &DynamicImage, lang: &str) -> Result<String> {
-        Ok(self.run_default(image, &Task::caption(lang))?.text)
+        self.task_text(image, &Task::caption(lang))
     }
 
     /// A longer description in language `lang`.
     pub fn describe(&self, image: &DynamicImage, lang: &str) -> Result<String> {
-        let task = Task::Describe { lang: lang.into() };
-        Ok(self.run_default(image, &task)?.text)
+        self.task_text(image, &Task::describe(lang))
     }
 
     /// Answer a question about the image, in language `lang`.
@@ -120,7 +78,7 @@ impl<B: Backend> Model<B> {
     /// # Ok(()) }
     /// ```
     pub fn answer(&self, image: &DynamicImage, lang: &str, question: &str) -> Result<String> {
-        Ok(self.run_default(image, &Task::answer(lang, question))?.text)
+        self.task_text(image, &Task::answer(lang, question))
     }
 
     /// The text in the image.
@@ -134,7 +92,7 @@ impl<B: Backend> Model<B> {
     /// # Ok(()) }
     /// ```
     pub fn ocr(&self, image: &DynamicImage) -> Result<String> {
-        Ok(self.run_default(image, &Task::Ocr)?.text)
+        self.task_text(image, &Task::Ocr)
     }
 
     /// Boxes of one object class, in pixels of `image`.
@@ -160,7 +118,7 @@ impl<B: Backend> Model<B> {
         objects: &[S],
     ) -> Result<Vec<Detection>> {
         let task = Task::detect(objects);
-        let options = GenerateOptions::default().max_new_tokens(budget(&task));
+        let options = GenerateOptions::default().max_new_tokens(task.default_max_new_tokens());
         Ok(self.detect_with(image, objects, &options)?.objects)
     }
 
@@ -171,19 +129,9 @@ impl<B: Backend> Model<B> {
         objects: &[S],
         options: &GenerateOptions,
     ) -> Result<TaskOutput<Detection>> {
-        let generation = self.run_task(image, &Task::detect(objects), options)?;
-        let parsed = parse_detections(&generation.text, image.width(), image.height());
-        Ok(TaskOutput {
-            objects: parsed
-                .objects
-                .into_iter()
-                .map(|o| Detection {
-                    label: o.label,
-                    bbox: o.bbox,
-                })
-                .collect(),
-            skipped: parsed.skipped,
-            generation,
+        self.object_task(image, &Task::detect(objects), options, |text, w, h| {
+            let parsed = parse_detections(text, w, h);
+            Ok((parsed.objects, parsed.skipped))
         })
     }
 
@@ -211,7 +159,7 @@ impl<B: Backend> Model<B> {
         objects: &[S],
     ) -> Result<Vec<Segmentation>> {
         let task = Task::segment(objects);
-        let options = GenerateOptions::default().max_new_tokens(budget(&task));
+        let options = GenerateOptions::default().max_new_tokens(task.default_max_new_tokens());
         Ok(self.segment_with(image, objects, &options)?.objects)
     }
 
@@ -223,54 +171,27 @@ impl<B: Backend> Model<B> {
         options: &GenerateOptions,
     ) -> Result<TaskOutput<Segmentation>> {
         let decoder = self
-            .mask_decoder
-            .as_ref()
+            .mask_decoder()
             .ok_or_else(|| Error::MaskDecoder(VAE_HINT.into()))?;
-        let task = Task::segment(objects);
-        task.prompt()?;
-        let generation = self.run_task(image, &task, options)?;
-        let (objects, skipped) =
-            segmentations_from_text(&generation.text, image.width(), image.height(), decoder)?;
+        self.object_task(image, &Task::segment(objects), options, |text, w, h| {
+            segmentations_from_text(text, w, h, decoder)
+        })
+    }
+
+    /// Generate for an object task and turn the text into objects of `image`'s size.
+    fn object_task<T>(
+        &self,
+        image: &DynamicImage,
+        task: &Task,
+        options: &GenerateOptions,
+        objects: impl FnOnce(&str, u32, u32) -> Result<(Vec<T>, Vec<Skipped>)>,
+    ) -> Result<TaskOutput<T>> {
+        let generation = self.run_task(image, task, options)?;
+        let (objects, skipped) = objects(&generation.text, image.width(), image.height())?;
         Ok(TaskOutput {
             objects,
             skipped,
             generation,
         })
     }
-}
-
-/// big_vision's evaluator box in whole pixels, `int(v / 1023 * size)`, from raw
-/// `<loc>` values (y_min, x_min, y_max, x_max), computed in f64 as Python does.
-fn pixel_box(loc: [u16; 4], width: u32, height: u32) -> (u32, u32, u32, u32) {
-    let px = |v: u16, size: u32| (f64::from(v) / 1023.0 * f64::from(size)) as u32;
-    (
-        px(loc[1], width),
-        px(loc[0], height),
-        px(loc[3], width),
-        px(loc[2], height),
-    )
-}
-
-/// Parse a segmentation output and decode its masks for a `width x height` image.
-pub fn segmentations_from_text<B: Backend>(
-    text: &str,
-    width: u32,
-    height: u32,
-    decoder: &MaskDecoder<B>,
-) -> Result<(Vec<Segmentation>, Vec<Skipped>)> {
-    let parsed = parse_segmentations(text, width, height);
-    let codes: Vec<[u16; 16]> = parsed.objects.iter().filter_map(|o| o.seg_codes).collect();
-    let masks = decoder.decode_to_vec(&codes)?;
-    let objects = parsed
-        .objects
-        .into_iter()
-        .zip(masks)
-        .map(|(o, mask64)| Segmentation {
-            mask: paste_mask(&mask64, pixel_box(o.loc, width, height), width, height),
-            label: o.label,
-            bbox: o.bbox,
-            mask64,
-        })
-        .collect();
-    Ok((objects, parsed.skipped))
 }

@@ -8,9 +8,9 @@
 //! channel. Channel widths are read from the file.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::Path;
 
+use burn::module::{Module, Param};
 use burn::tensor::{
     Int, Tensor, TensorData,
     activation::relu,
@@ -20,6 +20,7 @@ use burn::tensor::{
 };
 
 use crate::error::{Error, Result};
+use crate::npz::{NpyArray, read_npz};
 use crate::resize::{Filter, resize_f32};
 
 /// Side of the decoded mask.
@@ -27,20 +28,25 @@ pub const MASK_SIZE: usize = 64;
 /// Codes per object.
 pub const CODES_PER_MASK: usize = 16;
 
-struct Conv<B: Backend> {
-    weight: Tensor<B, 4>,
-    bias: Tensor<B, 1>,
+/// A convolution's weight and bias (applied with big_vision's strides and paddings).
+#[derive(Module, Debug)]
+pub(crate) struct Conv<B: Backend> {
+    weight: Param<Tensor<B, 4>>,
+    bias: Param<Tensor<B, 1>>,
 }
 
-struct ResBlock<B: Backend> {
+/// 3x3 conv, ReLU, 3x3 conv, ReLU, 1x1 conv, plus the input.
+#[derive(Module, Debug)]
+pub(crate) struct ResBlock<B: Backend> {
     conv1: Conv<B>,
     conv2: Conv<B>,
     conv3: Conv<B>,
 }
 
 /// The segmentation mask decoder.
+#[derive(Module, Debug)]
 pub struct MaskDecoder<B: Backend> {
-    codebook: Tensor<B, 2>,
+    codebook: Param<Tensor<B, 2>>,
     input: Conv<B>,
     blocks: [ResBlock<B>; 2],
     upsample: [Conv<B>; 4],
@@ -51,7 +57,10 @@ impl<B: Backend> MaskDecoder<B> {
     /// Load `vae-oid.npz` (a zip of `.npy` arrays named after a PyTorch state dict).
     pub fn from_npz(path: impl AsRef<Path>, device: &B::Device) -> Result<Self> {
         let path = path.as_ref();
-        let arrays = read_npz(path)?;
+        // Inference needs only the decoder; the encoder's arrays are left unread.
+        let arrays = read_npz(path, |name| {
+            name.starts_with("decoder.") || name == "_vq_vae._embedding"
+        })?;
         Self::from_arrays(&arrays, device)
             .map_err(|reason| Error::MaskDecoder(format!("{}: {reason}", path.display())))
     }
@@ -101,8 +110,8 @@ impl<B: Backend> MaskDecoder<B> {
             }
             Ok::<_, String>((
                 Conv {
-                    weight: w.tensor::<B, 4>(device),
-                    bias: b.tensor::<B, 1>(device),
+                    weight: Param::from_tensor(w.tensor::<B, 4>(device)),
+                    bias: Param::from_tensor(b.tensor::<B, 1>(device)),
                 },
                 o,
             ))
@@ -137,7 +146,7 @@ impl<B: Backend> MaskDecoder<B> {
             .try_into()
             .map_err(|_| "expected four upsampling layers".to_string())?;
         Ok(MaskDecoder {
-            codebook: codebook_arr.tensor(device),
+            codebook: Param::from_tensor(codebook_arr.tensor(device)),
             input,
             blocks,
             upsample,
@@ -150,9 +159,8 @@ impl<B: Backend> MaskDecoder<B> {
         self.codebook.dims()[0]
     }
 
-    /// Decode sets of 16 codes into `[n, 64, 64]` soft masks (nominally in [-1, 1],
-    /// not clipped).
-    pub fn decode(&self, codes: &[[u16; CODES_PER_MASK]]) -> Result<Tensor<B, 3>> {
+    /// Sets of 16 codes to `[n, 64, 64]` soft masks (nominally in [-1, 1], not clipped).
+    pub fn forward(&self, codes: &[[u16; CODES_PER_MASK]]) -> Result<Tensor<B, 3>> {
         let n = codes.len();
         let device = self.codebook.device();
         if n == 0 {
@@ -176,13 +184,13 @@ impl<B: Backend> MaskDecoder<B> {
         // Code k sits at row k / 4, column k % 4; channels first for the convs.
         let x = self
             .codebook
-            .clone()
+            .val()
             .select(0, idx)
             .reshape([n, 4, 4, dim])
             .permute([0, 3, 1, 2]);
         let same = |p: usize| ConvOptions::new([1, 1], [p, p], [1, 1], 1);
         let apply = |c: &Conv<B>, x: Tensor<B, 4>, p: usize| {
-            conv2d(x, c.weight.clone(), Some(c.bias.clone()), same(p))
+            conv2d(x, c.weight.val(), Some(c.bias.val()), same(p))
         };
         let mut x = relu(apply(&self.input, x, 0));
         for b in &self.blocks {
@@ -194,8 +202,8 @@ impl<B: Backend> MaskDecoder<B> {
             let opts = ConvTransposeOptions::new([2, 2], [1, 1], [0, 0], [1, 1], 1);
             x = relu(conv_transpose2d(
                 x,
-                up.weight.clone(),
-                Some(up.bias.clone()),
+                up.weight.val(),
+                Some(up.bias.val()),
                 opts,
             ));
         }
@@ -203,10 +211,10 @@ impl<B: Backend> MaskDecoder<B> {
         Ok(x.reshape([n, MASK_SIZE, MASK_SIZE]))
     }
 
-    /// Decode to host memory: one row-major 64 x 64 map per code set.
-    pub fn decode_to_vec(&self, codes: &[[u16; CODES_PER_MASK]]) -> Result<Vec<Vec<f32>>> {
+    /// [`MaskDecoder::forward`] into host memory: one row-major 64 x 64 map per code set.
+    pub fn masks(&self, codes: &[[u16; CODES_PER_MASK]]) -> Result<Vec<Vec<f32>>> {
         let data = self
-            .decode(codes)?
+            .forward(codes)?
             .into_data()
             .convert::<f32>()
             .into_vec::<f32>()
@@ -272,156 +280,9 @@ pub fn paste_mask(
     }
 }
 
-/// One array from an `.npz` file, as f32.
-struct NpyArray {
-    shape: Vec<usize>,
-    data: Vec<f32>,
-}
-
-impl NpyArray {
-    fn tensor<B: Backend, const D: usize>(&self, device: &B::Device) -> Tensor<B, D> {
-        Tensor::from_data(
-            TensorData::new(self.data.clone(), self.shape.clone()),
-            device,
-        )
-    }
-}
-
-fn read_npz(path: &Path) -> Result<HashMap<String, NpyArray>> {
-    let bad = |reason: String| Error::MaskDecoder(format!("{}: {reason}", path.display()));
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut zip =
-        zip::ZipArchive::new(file).map_err(|e| bad(format!("not an npz archive: {e}")))?;
-    let mut arrays = HashMap::new();
-    for i in 0..zip.len() {
-        let mut entry = zip.by_index(i).map_err(|e| bad(e.to_string()))?;
-        let name = entry.name().trim_end_matches(".npy").to_string();
-        // Inference needs only the decoder; skip the encoder's arrays unread.
-        if !(name.starts_with("decoder.") || name == "_vq_vae._embedding") {
-            continue;
-        }
-        let mut bytes = Vec::with_capacity(entry.size() as usize);
-        entry
-            .read_to_end(&mut bytes)
-            .map_err(|e| bad(format!("{name}: {e}")))?;
-        let array = parse_npy(&bytes).map_err(|e| bad(format!("{name}: {e}")))?;
-        arrays.insert(name, array);
-    }
-    Ok(arrays)
-}
-
-/// Parse a little-endian, C-order `.npy` array of f4 or f8.
-fn parse_npy(bytes: &[u8]) -> std::result::Result<NpyArray, String> {
-    let rest = bytes
-        .strip_prefix(b"\x93NUMPY")
-        .ok_or("not an .npy array")?;
-    let (major, rest) = rest.split_first().ok_or("truncated header")?;
-    let rest = rest.get(1..).ok_or("truncated header")?;
-    let (header_len, rest) = match major {
-        1 => {
-            let (len, rest) = rest.split_at_checked(2).ok_or("truncated header")?;
-            (usize::from(u16::from_le_bytes([len[0], len[1]])), rest)
-        }
-        2 | 3 => {
-            let (len, rest) = rest.split_at_checked(4).ok_or("truncated header")?;
-            (
-                u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize,
-                rest,
-            )
-        }
-        v => return Err(format!("unsupported .npy version {v}")),
-    };
-    let (header, data) = rest
-        .split_at_checked(header_len)
-        .ok_or("truncated header")?;
-    let header = std::str::from_utf8(header).map_err(|_| "header is not text")?;
-    let field = |key: &str| {
-        let start = header
-            .find(&format!("'{key}':"))
-            .ok_or(format!("no {key} in header"))?;
-        Ok::<_, String>(header[start + key.len() + 3..].trim_start())
-    };
-    let descr = field("descr")?;
-    let elem = if descr.starts_with("'<f4'") {
-        4
-    } else if descr.starts_with("'<f8'") {
-        8
-    } else {
-        return Err(format!(
-            "unsupported dtype {}",
-            descr.split(',').next().unwrap_or("")
-        ));
-    };
-    if field("fortran_order")?.starts_with("True") {
-        return Err("Fortran-order arrays are not supported".into());
-    }
-    let shape_text = field("shape")?;
-    let inner = shape_text
-        .strip_prefix('(')
-        .and_then(|s| s.split(')').next())
-        .ok_or("malformed shape")?;
-    let shape = inner
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse::<usize>()
-                .map_err(|_| format!("malformed shape {inner:?}"))
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    let count = shape
-        .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .ok_or("shape overflows")?;
-    if data.len() != count * elem {
-        return Err(format!(
-            "{} data bytes for shape {shape:?} of {elem}-byte floats",
-            data.len()
-        ));
-    }
-    let data = if elem == 4 {
-        data.chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect()
-    } else {
-        data.chunks_exact(8)
-            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
-            .collect()
-    };
-    Ok(NpyArray { shape, data })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn npy(descr: &str, shape: &str, payload: &[u8]) -> Vec<u8> {
-        let mut header =
-            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-        while (10 + header.len() + 1) % 64 != 0 {
-            header.push(' ');
-        }
-        header.push('\n');
-        let mut out = b"\x93NUMPY\x01\x00".to_vec();
-        out.extend((header.len() as u16).to_le_bytes());
-        out.extend(header.as_bytes());
-        out.extend(payload);
-        out
-    }
-
-    #[test]
-    fn parses_npy_and_rejects_garbage() {
-        let payload: Vec<u8> = [1.5f32, -2.0]
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect();
-        let a = parse_npy(&npy("<f4", "(2,)", &payload)).unwrap();
-        assert_eq!((a.shape, a.data), (vec![2], vec![1.5, -2.0]));
-        assert!(parse_npy(&npy("<f4", "(3,)", &payload)).is_err());
-        assert!(parse_npy(&npy("<i8", "(2,)", &payload)).is_err());
-        assert!(parse_npy(b"\x93NUMPY").is_err());
-        assert!(parse_npy(b"hello").is_err());
-    }
 
     #[test]
     fn paste_clips_and_handles_empty_boxes() {

@@ -1,0 +1,264 @@
+//! Command-line arguments: every subcommand, flag and default of the CLI.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use paligemma::{Dtype, LoadOptions, WeightFormat};
+
+#[derive(Parser)]
+#[command(name = "paligemma", about = "Run PaliGemma vision-language models")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Backend: cpu (burn's flex CPU backend), ndarray, wgpu or cuda[:N].
+    #[arg(long, global = true, default_value = "cpu", value_parser = parse_device)]
+    pub device: Device,
+    /// Compute dtype: f32, f16 (cpu, wgpu, cuda) or bf16 (cpu, cuda).
+    #[arg(long, global = true, value_enum, default_value_t = DtypeArg::F32)]
+    pub dtype: DtypeArg,
+    /// Weight matrices: backend (tensors in --dtype), or f32 / bf16 / int8 in host
+    /// memory multiplied by the crate's CPU kernels (CPU backends, --dtype f32).
+    #[arg(long, global = true, value_enum, default_value_t = WeightsArg::Backend)]
+    pub weights: WeightsArg,
+}
+
+/// Where the model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    /// burn's flex CPU backend.
+    Cpu,
+    /// The ndarray CPU backend.
+    Ndarray,
+    /// Any GPU through wgpu.
+    Wgpu,
+    /// NVIDIA GPU number N through CUDA.
+    Cuda(usize),
+}
+
+fn parse_device(s: &str) -> Result<Device, String> {
+    let (kind, index) = match s.split_once(':') {
+        Some((k, i)) => (
+            k,
+            Some(
+                i.parse::<usize>()
+                    .map_err(|_| format!("bad device index in {s:?}"))?,
+            ),
+        ),
+        None => (s, None),
+    };
+    match (kind, index) {
+        ("cpu", None) => Ok(Device::Cpu),
+        ("ndarray", None) => Ok(Device::Ndarray),
+        ("wgpu", None) => Ok(Device::Wgpu),
+        ("cuda", i) => Ok(Device::Cuda(i.unwrap_or(0))),
+        _ => Err(format!(
+            "unknown device {s:?}: use cpu, ndarray, wgpu or cuda[:N]"
+        )),
+    }
+}
+
+/// `--dtype`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DtypeArg {
+    /// 32-bit float.
+    #[value(alias = "float32")]
+    F32,
+    /// IEEE half precision.
+    #[value(alias = "float16", alias = "half")]
+    F16,
+    /// bfloat16.
+    #[value(alias = "bfloat16")]
+    Bf16,
+}
+
+impl From<DtypeArg> for Dtype {
+    fn from(d: DtypeArg) -> Self {
+        match d {
+            DtypeArg::F32 => Dtype::F32,
+            DtypeArg::F16 => Dtype::F16,
+            DtypeArg::Bf16 => Dtype::Bf16,
+        }
+    }
+}
+
+/// `--weights`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WeightsArg {
+    /// Backend tensors in the compute dtype.
+    Backend,
+    /// f32 in host memory.
+    #[value(alias = "float32")]
+    F32,
+    /// bf16 in host memory.
+    #[value(alias = "bfloat16")]
+    Bf16,
+    /// Per-row int8 in host memory.
+    #[value(alias = "i8", alias = "q8")]
+    Int8,
+}
+
+impl From<WeightsArg> for WeightFormat {
+    fn from(w: WeightsArg) -> Self {
+        match w {
+            WeightsArg::Backend => WeightFormat::Backend,
+            WeightsArg::F32 => WeightFormat::F32,
+            WeightsArg::Bf16 => WeightFormat::Bf16,
+            WeightsArg::Int8 => WeightFormat::Int8,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Generate a continuation of a raw prompt about an image.
+    Generate(GenerateArgs),
+    /// Caption an image ("caption {lang}").
+    Caption {
+        #[command(flatten)]
+        common: ModelArgs,
+        /// Output language.
+        #[arg(long, default_value = "en")]
+        lang: String,
+    },
+    /// Answer a question about an image ("answer {lang} {question}").
+    Answer {
+        #[command(flatten)]
+        common: ModelArgs,
+        /// The question.
+        #[arg(long)]
+        question: String,
+        /// Language of question and answer.
+        #[arg(long, default_value = "en")]
+        lang: String,
+    },
+    /// Read the text in an image ("ocr").
+    Ocr {
+        #[command(flatten)]
+        common: ModelArgs,
+    },
+    /// Detect objects ("detect a ; b"), boxes in pixels of the image.
+    Detect(ObjectArgs),
+    /// Segment objects ("segment a ; b"), boxes and masks.
+    Segment(ObjectArgs),
+    /// Parse a model output into objects without running the model.
+    Parse(ParseArgs),
+}
+
+impl Command {
+    /// The model arguments of commands that load a model.
+    pub fn model_args(&mut self) -> Option<&mut ModelArgs> {
+        match self {
+            Command::Generate(a) => Some(&mut a.common),
+            Command::Caption { common, .. }
+            | Command::Answer { common, .. }
+            | Command::Ocr { common } => Some(common),
+            Command::Detect(a) | Command::Segment(a) => Some(&mut a.common),
+            Command::Parse(_) => None,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct ModelArgs {
+    /// Checkpoint directory (config.json, tokenizer.json, *.safetensors).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Image file (for `generate --batch`, images come from the batch file).
+    #[arg(long, required_unless_present = "batch")]
+    pub image: Option<PathBuf>,
+    /// Batch file for `generate`: one {"image": .., "prompt": ..} JSON object per line.
+    #[arg(long, hide = true)]
+    pub batch: Option<PathBuf>,
+    /// Print one JSON object as the last line of stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Set from the global `--dtype` and `--weights`.
+    #[arg(skip)]
+    pub load: LoadOptions,
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub common: ModelArgs,
+    /// The prompt, e.g. "caption en".
+    #[arg(long, required_unless_present = "batch")]
+    pub prompt: Option<String>,
+    /// Sampling temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Sample among the K most likely tokens.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Sample among the most likely tokens covering this probability.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Sampler seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print text as it is generated.
+    #[arg(long)]
+    pub stream: bool,
+    /// Sequences per forward pass with --batch.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
+    /// Keep generating past <eos> (for benchmarks).
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Record the K largest logits of each step.
+    #[arg(long, default_value_t = 0)]
+    pub top_logits: usize,
+    /// Run the generation this many times before the timed one (GPU backends compile
+    /// and tune their kernels on first use).
+    #[arg(long, default_value_t = 0)]
+    pub warmup: usize,
+}
+
+#[derive(Args)]
+pub struct ObjectArgs {
+    #[command(flatten)]
+    pub common: ModelArgs,
+    /// Object class to find; repeat for several.
+    #[arg(long = "object", required = true)]
+    pub objects: Vec<String>,
+    /// Most tokens to generate (default: the task's, 256 for up to ten objects).
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
+    /// Mask decoder (vae-oid.npz), when the checkpoint directory has none.
+    #[arg(long)]
+    pub vae: Option<PathBuf>,
+    /// Write the image annotated with boxes, labels and masks here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct ParseArgs {
+    /// The prompt the output answers ("detect ..." or "segment ...").
+    #[arg(long)]
+    pub prompt: String,
+    /// The model's output text.
+    #[arg(long)]
+    pub text: String,
+    /// Width of the original image.
+    #[arg(long)]
+    pub width: u32,
+    /// Height of the original image.
+    #[arg(long)]
+    pub height: u32,
+    /// Mask decoder for segmentation outputs.
+    #[arg(long)]
+    pub vae: Option<PathBuf>,
+    /// The original image, to draw the objects on (with --out).
+    #[arg(long, requires = "out")]
+    pub image: Option<PathBuf>,
+    /// Write the annotated image here.
+    #[arg(long, requires = "image")]
+    pub out: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}

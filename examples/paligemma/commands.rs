@@ -1,0 +1,245 @@
+//! What each subcommand does, on whichever backend `--device` picked.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::tensor::backend::Backend;
+use paligemma::task::{Task, parse_detections, segmentations_from_text};
+use paligemma::{Diagnostics, GenerateOptions, Generation, MaskDecoder, Model};
+use serde::Deserialize;
+
+use crate::Res;
+use crate::args::{Command, GenerateArgs, ModelArgs, ObjectArgs, ParseArgs};
+use crate::output::{
+    self, BatchLineJson, ObjectJson, detection_annotations, report_generation, report_objects,
+    save_annotated, segment_annotations,
+};
+
+pub fn run<B: Backend>(command: Command, device: &B::Device) -> Res<()> {
+    match command {
+        Command::Generate(args) => generate::<B>(&args, device),
+        Command::Caption { common, lang } => text_task::<B>(&common, device, &Task::caption(&lang)),
+        Command::Answer {
+            common,
+            question,
+            lang,
+        } => text_task::<B>(&common, device, &Task::answer(&lang, &question)),
+        Command::Ocr { common } => text_task::<B>(&common, device, &Task::Ocr),
+        Command::Detect(args) => objects::<B>(args, false, device),
+        Command::Segment(args) => objects::<B>(args, true, device),
+        Command::Parse(args) => parse::<B>(args, device),
+    }
+}
+
+/// Step times are always recorded: the JSON timings carry them for benchmark scripts.
+fn cli_diagnostics() -> Diagnostics {
+    Diagnostics {
+        step_times: true,
+        ..Default::default()
+    }
+}
+
+fn generate_options(args: &GenerateArgs) -> GenerateOptions {
+    let mut options = GenerateOptions {
+        max_new_tokens: args.max_new_tokens,
+        diagnostics: Diagnostics {
+            ignore_eos: args.ignore_eos,
+            top_logits: (args.top_logits > 0).then_some(args.top_logits),
+            ..cli_diagnostics()
+        },
+        ..Default::default()
+    };
+    // As in transformers' CLI conventions, temperature 0 means greedy.
+    if args.temperature != 0.0 {
+        options = options.sample(args.temperature, args.seed);
+        if let Some(k) = args.top_k {
+            options = options.top_k(k);
+        }
+        if args.top_p != 1.0 {
+            options = options.top_p(args.top_p);
+        }
+    }
+    options
+}
+
+fn generate<B: Backend>(args: &GenerateArgs, device: &B::Device) -> Res<()> {
+    let options = generate_options(args);
+    if let Some(file) = &args.common.batch {
+        return batch::<B>(args, file, &options, device);
+    }
+    let prompt = args.prompt.clone().unwrap_or_default();
+    let (model, image, load_s) = load::<B>(&args.common, device)?;
+    for _ in 0..args.warmup {
+        model.generate(&image, &prompt, &options)?;
+    }
+    let out = if args.stream {
+        let out = model.generate_stream(&image, &prompt, &options, |piece| {
+            use std::io::Write;
+            eprint!("{piece}");
+            let _ = std::io::stderr().flush();
+            std::ops::ControlFlow::Continue(())
+        });
+        eprintln!();
+        out?
+    } else {
+        model.generate(&image, &prompt, &options)?
+    };
+    report_generation(&out, load_s, args.common.json)
+}
+
+/// caption, answer, ocr: the task's prompt with its default budget.
+fn text_task<B: Backend>(args: &ModelArgs, device: &B::Device, task: &Task) -> Res<()> {
+    let (model, image, load_s) = load::<B>(args, device)?;
+    let options = GenerateOptions {
+        max_new_tokens: task.default_max_new_tokens(),
+        diagnostics: cli_diagnostics(),
+        ..Default::default()
+    };
+    let out: Generation = model.run_task(&image, task, &options)?;
+    report_generation(&out, load_s, args.json)
+}
+
+fn load<B: Backend>(
+    args: &ModelArgs,
+    device: &B::Device,
+) -> Res<(Model<B>, image::DynamicImage, f64)> {
+    let path = args.image.as_ref().ok_or("--image is required")?;
+    let image = paligemma::load_image(path)?;
+    let start = Instant::now();
+    let model = Model::<B>::from_pretrained_with(&args.model, device, &args.load)?;
+    Ok((model, image, start.elapsed().as_secs_f64()))
+}
+
+/// One line of a batch file.
+#[derive(Deserialize)]
+struct BatchLine {
+    image: PathBuf,
+    prompt: String,
+}
+
+/// `generate --batch FILE.jsonl`: one JSON result per input line, in input order.
+fn batch<B: Backend>(
+    args: &GenerateArgs,
+    file: &Path,
+    options: &GenerateOptions,
+    device: &B::Device,
+) -> Res<()> {
+    use std::io::IsTerminal;
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let mut jobs = Vec::new();
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let job: BatchLine =
+            serde_json::from_str(line).map_err(|e| format!("{}:{}: {e}", file.display(), n + 1))?;
+        let image = paligemma::load_image(&job.image)?;
+        jobs.push((job, image));
+    }
+    let model = Model::<B>::from_pretrained_with(&args.common.model, device, &args.common.load)?;
+    let bar = indicatif::ProgressBar::new(jobs.len() as u64);
+    if args.common.json && !std::io::stderr().is_terminal() {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let start = Instant::now();
+    for chunk in jobs.chunks(args.batch_size.max(1)) {
+        let inputs: Vec<(&image::DynamicImage, &str)> = chunk
+            .iter()
+            .map(|(job, img)| (img, job.prompt.as_str()))
+            .collect();
+        for ((job, _), out) in chunk.iter().zip(model.generate_batch(&inputs, options)?) {
+            let line = BatchLineJson {
+                image: &job.image,
+                prompt: &job.prompt,
+                generated_ids: &out.generated_ids,
+                text: &out.text,
+            };
+            println!("{}", serde_json::to_string(&line)?);
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "{} images in {secs:.2}s ({:.2} images/s)",
+        jobs.len(),
+        jobs.len() as f64 / secs
+    );
+    Ok(())
+}
+
+/// detect, segment: the typed object tasks.
+fn objects<B: Backend>(args: ObjectArgs, segment: bool, device: &B::Device) -> Res<()> {
+    let (mut model, image, load_s) = load::<B>(&args.common, device)?;
+    if let Some(vae) = &args.vae {
+        model = model.with_mask_decoder(vae)?;
+    }
+    let task = match segment {
+        true => Task::segment(&args.objects),
+        false => Task::detect(&args.objects),
+    };
+    let options = GenerateOptions {
+        max_new_tokens: args
+            .max_new_tokens
+            .unwrap_or_else(|| task.default_max_new_tokens()),
+        diagnostics: cli_diagnostics(),
+        ..Default::default()
+    };
+    if segment {
+        let out = model.segment_with(&image, &args.objects, &options)?;
+        if let Some(path) = &args.out {
+            save_annotated(&image, path, &segment_annotations(&out.objects))?;
+        }
+        let list = out.objects.iter().map(ObjectJson::segmentation).collect();
+        report_objects(
+            list,
+            &out.skipped,
+            Some((&out.generation, load_s)),
+            args.common.json,
+        )
+    } else {
+        let out = model.detect_with(&image, &args.objects, &options)?;
+        if let Some(path) = &args.out {
+            save_annotated(&image, path, &detection_annotations(&out.objects))?;
+        }
+        let list = out.objects.iter().map(ObjectJson::detection).collect();
+        report_objects(
+            list,
+            &out.skipped,
+            Some((&out.generation, load_s)),
+            args.common.json,
+        )
+    }
+}
+
+/// parse: an output given as text, without a model.
+fn parse<B: Backend>(args: ParseArgs, device: &B::Device) -> Res<()> {
+    let image = match (&args.image, &args.out) {
+        (Some(image), Some(_)) => Some(paligemma::load_image(image)?),
+        _ => None,
+    };
+    let annotate = |notes: &[crate::draw::Annotation<'_>]| -> Res<()> {
+        match (&image, &args.out) {
+            (Some(image), Some(path)) => save_annotated(image, path, notes),
+            _ => Ok(()),
+        }
+    };
+    if args.prompt.trim_start().starts_with("segment") {
+        let vae = args
+            .vae
+            .as_ref()
+            .ok_or("parsing a segmentation output needs --vae vae-oid.npz")?;
+        let decoder = MaskDecoder::<B>::from_npz(vae, device)?;
+        let (objects, skipped) =
+            segmentations_from_text(&args.text, args.width, args.height, &decoder)?;
+        annotate(&segment_annotations(&objects))?;
+        let list = objects.iter().map(ObjectJson::segmentation).collect();
+        output::report_objects(list, &skipped, None, args.json)
+    } else {
+        let out = parse_detections(&args.text, args.width, args.height);
+        annotate(&detection_annotations(&out.objects))?;
+        let list = out.objects.iter().map(ObjectJson::detection).collect();
+        output::report_objects(list, &out.skipped, None, args.json)
+    }
+}

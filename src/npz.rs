@@ -1,0 +1,166 @@
+//! Reading NumPy `.npz` archives (zips of `.npy` arrays), such as big_vision's
+//! `vae-oid.npz`.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path;
+
+use burn::tensor::{Tensor, TensorData, backend::Backend};
+
+use crate::error::{Error, Result};
+
+/// One array from an `.npz` file, as f32.
+pub(crate) struct NpyArray {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl NpyArray {
+    pub fn tensor<B: Backend, const D: usize>(&self, device: &B::Device) -> Tensor<B, D> {
+        Tensor::from_data(
+            TensorData::new(self.data.clone(), self.shape.clone()),
+            device,
+        )
+    }
+}
+
+/// The arrays of an `.npz` archive whose names (without `.npy`) pass `wanted`; errors
+/// name the file as a mask-decoder error.
+pub(crate) fn read_npz(
+    path: &Path,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<HashMap<String, NpyArray>> {
+    let bad = |reason: String| Error::MaskDecoder(format!("{}: {reason}", path.display()));
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut zip =
+        zip::ZipArchive::new(file).map_err(|e| bad(format!("not an npz archive: {e}")))?;
+    let mut arrays = HashMap::new();
+    for i in 0..zip.len() {
+        let mut entry = zip.by_index(i).map_err(|e| bad(e.to_string()))?;
+        let name = entry.name().trim_end_matches(".npy").to_string();
+        if !wanted(&name) {
+            continue;
+        }
+        let mut bytes = Vec::with_capacity(entry.size() as usize);
+        entry
+            .read_to_end(&mut bytes)
+            .map_err(|e| bad(format!("{name}: {e}")))?;
+        let array = parse_npy(&bytes).map_err(|e| bad(format!("{name}: {e}")))?;
+        arrays.insert(name, array);
+    }
+    Ok(arrays)
+}
+
+/// Parse a little-endian, C-order `.npy` array of f4 or f8.
+fn parse_npy(bytes: &[u8]) -> std::result::Result<NpyArray, String> {
+    let rest = bytes
+        .strip_prefix(b"\x93NUMPY")
+        .ok_or("not an .npy array")?;
+    let (major, rest) = rest.split_first().ok_or("truncated header")?;
+    let rest = rest.get(1..).ok_or("truncated header")?;
+    let (header_len, rest) = match major {
+        1 => {
+            let (len, rest) = rest.split_at_checked(2).ok_or("truncated header")?;
+            (usize::from(u16::from_le_bytes([len[0], len[1]])), rest)
+        }
+        2 | 3 => {
+            let (len, rest) = rest.split_at_checked(4).ok_or("truncated header")?;
+            (
+                u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize,
+                rest,
+            )
+        }
+        v => return Err(format!("unsupported .npy version {v}")),
+    };
+    let (header, data) = rest
+        .split_at_checked(header_len)
+        .ok_or("truncated header")?;
+    let header = std::str::from_utf8(header).map_err(|_| "header is not text")?;
+    let field = |key: &str| {
+        let start = header
+            .find(&format!("'{key}':"))
+            .ok_or(format!("no {key} in header"))?;
+        Ok::<_, String>(header[start + key.len() + 3..].trim_start())
+    };
+    let descr = field("descr")?;
+    let elem = if descr.starts_with("'<f4'") {
+        4
+    } else if descr.starts_with("'<f8'") {
+        8
+    } else {
+        return Err(format!(
+            "unsupported dtype {}",
+            descr.split(',').next().unwrap_or("")
+        ));
+    };
+    if field("fortran_order")?.starts_with("True") {
+        return Err("Fortran-order arrays are not supported".into());
+    }
+    let shape_text = field("shape")?;
+    let inner = shape_text
+        .strip_prefix('(')
+        .and_then(|s| s.split(')').next())
+        .ok_or("malformed shape")?;
+    let shape = inner
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|_| format!("malformed shape {inner:?}"))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let count = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or("shape overflows")?;
+    if data.len() != count * elem {
+        return Err(format!(
+            "{} data bytes for shape {shape:?} of {elem}-byte floats",
+            data.len()
+        ));
+    }
+    let data = if elem == 4 {
+        data.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    } else {
+        data.chunks_exact(8)
+            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
+            .collect()
+    };
+    Ok(NpyArray { shape, data })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn npy(descr: &str, shape: &str, payload: &[u8]) -> Vec<u8> {
+        let mut header =
+            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        out.extend((header.len() as u16).to_le_bytes());
+        out.extend(header.as_bytes());
+        out.extend(payload);
+        out
+    }
+
+    #[test]
+    fn parses_npy_and_rejects_garbage() {
+        let payload: Vec<u8> = [1.5f32, -2.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let a = parse_npy(&npy("<f4", "(2,)", &payload)).unwrap();
+        assert_eq!((a.shape, a.data), (vec![2], vec![1.5, -2.0]));
+        assert!(parse_npy(&npy("<f4", "(3,)", &payload)).is_err());
+        assert!(parse_npy(&npy("<i8", "(2,)", &payload)).is_err());
+        assert!(parse_npy(b"\x93NUMPY").is_err());
+        assert!(parse_npy(b"hello").is_err());
+    }
+}

@@ -1,0 +1,93 @@
+//! Turning an image into the vision tower's input, as transformers'
+//! `PaliGemmaProcessor` does with its PIL-based `SiglipImageProcessor`.
+//!
+//! Images are converted to RGB as transformers does (gray replicated, transparency
+//! composited onto white), resized with PIL's bicubic filter on 8-bit data
+//! (fixed-point, in the pass order Pillow 13 uses, antialiased when shrinking),
+//! scaled to [0, 1] and normalised with mean 0.5 and std 0.5.
+
+use std::path::Path;
+
+use image::DynamicImage;
+
+use crate::error::{Error, Result};
+use crate::resize::{Filter, resize_u8};
+
+/// Open and decode an image file (PNG, JPEG, GIF, BMP, TIFF, WebP).
+pub fn load_image(path: impl AsRef<Path>) -> Result<DynamicImage> {
+    let path = path.as_ref();
+    let reader = image::ImageReader::open(path)
+        .map_err(|e| Error::io(path, e))?
+        .with_guessed_format()
+        .map_err(|e| Error::io(path, e))?;
+    reader
+        .decode()
+        .map_err(|e| Error::Image(format!("cannot decode {}: {e}", path.display())))
+}
+
+/// Preprocess an image into `[3, size, size]` channel-first normalised pixels.
+pub fn preprocess_image(image: &DynamicImage, size: usize) -> Result<Vec<f32>> {
+    let (w, h) = (image.width() as usize, image.height() as usize);
+    if w == 0 || h == 0 {
+        return Err(Error::Image(format!("image has no pixels ({w}x{h})")));
+    }
+    if size == 0 {
+        return Err(Error::Image("target size is zero".into()));
+    }
+    let rgb = to_rgb(image);
+    let resized = resize_u8(Filter::Bicubic, &rgb, (w, h), (size, size), 3);
+    let plane = size * size;
+    let mut out = vec![0f32; 3 * plane];
+    for (i, px) in resized.chunks_exact(3).enumerate() {
+        for c in 0..3 {
+            // rescale 1/255, then (x - 0.5) / 0.5
+            out[c * plane + i] = (f32::from(px[c]) * (1.0 / 255.0) - 0.5) / 0.5;
+        }
+    }
+    Ok(out)
+}
+
+/// Interleaved RGB8 pixels as transformers' `convert_to_rgb` makes them: images with
+/// an alpha channel are composited onto white (PIL's integer `alpha_composite`), gray
+/// is replicated into three channels.
+pub fn to_rgb(image: &DynamicImage) -> Vec<u8> {
+    if !image.color().has_alpha() {
+        return image.to_rgb8().into_raw();
+    }
+    let rgba = image.to_rgba8();
+    let mut out = Vec::with_capacity(rgba.len() / 4 * 3);
+    for px in rgba.as_raw().chunks_exact(4) {
+        let a = u32::from(px[3]);
+        if a == 0 {
+            out.extend([255, 255, 255]);
+            continue;
+        }
+        // Background alpha is 255: blend = 255 * (255 - a), total alpha 255 * 255.
+        const BITS: u32 = 7;
+        let out_a255 = a * 255 + 255 * (255 - a);
+        let coef1 = a * 255 * 255 * (1 << BITS) / out_a255;
+        let coef2 = 255 * (1 << BITS) - coef1;
+        let div255 = |v: u32| ((v >> 8) + v) >> 8;
+        for &c in &px[..3] {
+            let tmp = u32::from(c) * coef1 + 255 * coef2;
+            out.push((div255(tmp + (0x80 << BITS)) >> BITS) as u8);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_image_stays_constant() {
+        let img =
+            DynamicImage::ImageRgb8(image::RgbImage::from_pixel(13, 7, image::Rgb([200, 10, 0])));
+        let px = preprocess_image(&img, 5).unwrap();
+        let expect = |v: f32| (v / 255.0 - 0.5) / 0.5;
+        assert!((px[0] - expect(200.0)).abs() < 1e-6);
+        assert!((px[25] - expect(10.0)).abs() < 1e-6);
+        assert!((px[74] - expect(0.0)).abs() < 1e-6);
+    }
+}

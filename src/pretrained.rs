@@ -1,0 +1,127 @@
+//! Loading a Hugging Face checkpoint directory into a [`Model`]: config, tokenizer,
+//! safetensors weights (single file or shards, any transformers layout) and the
+//! optional segmentation decoder, each validated before the model exists.
+
+use std::path::Path;
+
+use burn::tensor::backend::Backend;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::paligemma::PaliGemma;
+use crate::precision::{Dtype, WeightFormat};
+use crate::segmentation::MaskDecoder;
+use crate::tokenizer::Tokenizer;
+use crate::weights::WeightStore;
+
+/// How [`Model::from_pretrained_with`] loads a checkpoint.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Compute dtype (default f32).
+    pub dtype: Dtype,
+    /// How the large matrices are stored and multiplied (default: backend tensors).
+    pub weights: WeightFormat,
+}
+
+impl<B: Backend> Model<B> {
+    /// Load a Hugging Face checkpoint directory: `config.json`, `tokenizer.json` and
+    /// `model.safetensors` (or shards with `model.safetensors.index.json`), plus the
+    /// segmentation decoder `vae-oid.npz` when the directory has one.
+    ///
+    /// Everything is validated before the model is returned: a missing file or tensor,
+    /// a wrong shape or a config that is not PaliGemma is an error, never a partial model.
+    /// Computes in f32; see [`Model::from_pretrained_with`] for half precision.
+    pub fn from_pretrained(dir: impl AsRef<Path>, device: &B::Device) -> Result<Self> {
+        Self::from_pretrained_with(dir, device, &LoadOptions::default())
+    }
+
+    /// [`Model::from_pretrained`] with options: the compute dtype, into which weights
+    /// are converted from whatever the checkpoint stores, and the weight format.
+    ///
+    /// ```
+    /// # fn main() -> paligemma::Result<()> {
+    /// use paligemma::{Dtype, LoadOptions, Model, WeightFormat, backend::Cpu};
+    ///
+    /// let options = LoadOptions { dtype: Dtype::Bf16, ..Default::default() };
+    /// let model = Model::<Cpu>::from_pretrained_with("tests/fixtures/pg2-tiny", &Default::default(), &options)?;
+    /// assert_eq!(model.dtype(), Dtype::Bf16);
+    ///
+    /// // On a CPU backend: int8 weights multiplied by the crate's own kernels.
+    /// let options = LoadOptions { weights: WeightFormat::Int8, ..Default::default() };
+    /// let model = Model::<Cpu>::from_pretrained_with("tests/fixtures/pg2-tiny", &Default::default(), &options)?;
+    /// assert_eq!(model.weight_format(), WeightFormat::Int8);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// A dtype the backend cannot compute in on `device` (bf16 on wgpu, f16 on a GPU
+    /// without half-precision shaders), or host weights ([`WeightFormat::Bf16`],
+    /// [`WeightFormat::Int8`]) on a GPU backend or with a half-precision dtype, is an
+    /// [`Error::Unsupported`] before anything loads.
+    pub fn from_pretrained_with(
+        dir: impl AsRef<Path>,
+        device: &B::Device,
+        options: &LoadOptions,
+    ) -> Result<Self> {
+        options.dtype.check_supported::<B>(device)?;
+        options
+            .weights
+            .check_supported::<B>(options.dtype, device)?;
+        let dir = dir.as_ref();
+        if !dir.is_dir() {
+            return Err(Error::MissingFile {
+                path: dir.to_path_buf(),
+                hint: "expected a checkpoint directory".into(),
+            });
+        }
+        let config_path = dir.join("config.json");
+        if !config_path.is_file() {
+            return Err(Error::MissingFile {
+                path: config_path,
+                hint: "a checkpoint directory needs its config.json".into(),
+            });
+        }
+        let config = Config::from_file(&config_path)?;
+        let tokenizer = Tokenizer::from_dir(dir)?;
+        check_tokenizer(&config, &tokenizer).map_err(|reason| Error::Config {
+            path: Some(config_path),
+            reason,
+        })?;
+        let store = WeightStore::open_dir(dir)?
+            .with_dtype(options.dtype)
+            .with_format(options.weights);
+        let vae = dir.join("vae-oid.npz");
+        let mask_decoder = match vae.is_file() {
+            true => Some(MaskDecoder::from_npz(&vae, device)?),
+            false => None,
+        };
+        let network = PaliGemma::load(&store, &config, tokenizer.image_id, device)?;
+        Ok(Model::new(
+            config,
+            network,
+            tokenizer,
+            mask_decoder,
+            device.clone(),
+            store.format(),
+        ))
+    }
+}
+
+/// The tokenizer and the config must agree on the `<image>` id, and every token must
+/// have an embedding row.
+fn check_tokenizer(config: &Config, tokenizer: &Tokenizer) -> std::result::Result<(), String> {
+    if tokenizer.image_id as usize != config.image_token_index {
+        return Err(format!(
+            "image_token_index is {} but the tokenizer's <image> is {}",
+            config.image_token_index, tokenizer.image_id
+        ));
+    }
+    let vocab = tokenizer.inner().get_vocab_size(true);
+    if vocab > config.text.vocab_size {
+        return Err(format!(
+            "the tokenizer has {vocab} tokens but the model only {} embedding rows",
+            config.text.vocab_size
+        ));
+    }
+    Ok(())
+}
