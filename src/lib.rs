@@ -22,9 +22,9 @@
 pub mod attention;
 pub mod backend;
 pub mod config;
+mod cpu;
 pub mod error;
 pub mod generate;
-mod host;
 pub mod layers;
 pub mod mask;
 pub mod model;
