@@ -5,8 +5,8 @@ use std::sync::Arc;
 use burn::module::{Module, Param};
 use burn::tensor::{FloatDType, Int, Tensor, TensorData, TensorPrimitive, backend::Backend};
 
+use crate::cpu::{self, HostMatrix};
 use crate::error::Result;
-use crate::host::{self, HostMatrix};
 use crate::weights::WeightStore;
 
 /// A dense layer holding the checkpoint's `[out, in]` weight; it multiplies by a
@@ -140,7 +140,7 @@ pub fn feed_forward<B: Backend, const D: usize>(
         let rows = x.len() / w1.cols().max(1);
         let mut h = w1.matmul_t(&x, rows, b1);
         let u = up_host.flatten().map(|(w, b)| w.matmul_t(&x, rows, b));
-        host::gelu_tanh_mul(&mut h, u.as_deref());
+        cpu::gelu_tanh_mul(&mut h, u.as_deref());
         let y = w2.matmul_t(&h, rows, b2);
         dims[D - 1] = w2.rows();
         return from_host(y, dims, &device);

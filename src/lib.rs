@@ -44,7 +44,7 @@ mod config;
 mod error;
 mod gemma;
 mod generate;
-mod host;
+mod cpu;
 mod kv_cache;
 mod layers;
 mod model;

@@ -129,8 +129,8 @@ impl WeightFormat {
     pub fn accelerated(self) -> bool {
         match self {
             WeightFormat::Backend => true,
-            WeightFormat::F32 => crate::host::simd_level() >= 1,
-            WeightFormat::Bf16 | WeightFormat::Int8 => crate::host::simd_level() >= 2,
+            WeightFormat::F32 => crate::cpu::simd_level() >= 1,
+            WeightFormat::Bf16 | WeightFormat::Int8 => crate::cpu::simd_level() >= 2,
         }
     }
 

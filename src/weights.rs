@@ -13,8 +13,8 @@ use burn::tensor::{Tensor, TensorData, backend::Backend};
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype, Metadata};
 
+use crate::cpu::{HostMatrix, prefer_huge_pages, to_bf16};
 use crate::error::{Error, Result};
-use crate::host::{HostMatrix, prefer_huge_pages, to_bf16};
 use crate::precision::{self, WeightFormat};
 
 /// One memory-mapped safetensors file and its parsed header.

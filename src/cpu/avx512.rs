@@ -1,0 +1,400 @@
+//! AVX-512 kernels (x86_64; callers check the features with `Isa::detect`).
+
+use std::arch::x86_64::*;
+
+/// Run `$body` for `$i` = 0, 16, 32, .. below `$n`, `$mask` covering the lanes below
+/// `$n`. A macro, not a closure: a closure is compiled without the caller's target
+/// features, so the intrinsics in it stayed function calls.
+macro_rules! by_16 {
+    ($n:expr, |$i:ident, $mask:ident| $body:block) => {{
+        let n = $n;
+        let mut $i = 0;
+        while $i < n {
+            let len = (n - $i).min(16);
+            let $mask = (1u32 << len).wrapping_sub(1) as u16;
+            $body
+            $i += len;
+        }
+    }};
+}
+
+/// Store 16 f32 lanes as bf16 (nearest even) under `mask`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+unsafe fn store_bf16(out: *mut u16, mask: u16, v: __m512) {
+    // SAFETY: the caller guarantees the masked lanes of `out` are writable.
+    unsafe {
+        let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
+        _mm256_mask_storeu_epi16(out.cast(), mask, h);
+    }
+}
+
+/// Round f32 to bf16 (nearest even), 16 at a time.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+pub(super) unsafe fn round_to_bf16(x: &[f32], out: &mut [u16]) {
+    by_16!(x.len().min(out.len()), |i, mask| {
+        // SAFETY: masked loads and stores touch only lanes below the length.
+        unsafe {
+            let v = _mm512_maskz_loadu_ps(mask, x.as_ptr().add(i));
+            store_bf16(out.as_mut_ptr().add(i), mask, v);
+        }
+    });
+}
+
+/// int8 to bf16 (exact), 16 at a time.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+pub(super) unsafe fn widen_i8(q: &[i8], out: &mut [u16]) {
+    by_16!(q.len().min(out.len()), |i, mask| {
+        // SAFETY: masked loads and stores touch only lanes below the length.
+        unsafe {
+            let v = _mm_maskz_loadu_epi8(mask, q.as_ptr().add(i).cast());
+            let f = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v));
+            store_bf16(out.as_mut_ptr().add(i), mask, f);
+        }
+    });
+}
+
+#[inline(always)]
+unsafe fn load_bf16(p: *const u16, mask: u32) -> __m512bh {
+    // SAFETY: the caller guarantees the `mask`ed lanes are readable.
+    unsafe { std::mem::transmute(_mm512_maskz_loadu_epi16(mask, p.cast())) }
+}
+
+/// `out[r * m + i - i0] += Σ_p a[i][p] · w[r][p]` over bf16 pairs `p0..p0 + np`, for
+/// `nr` ≤ 6 weight rows and activation groups `g0..g0 + nv` (nv ≤ 4) of the packed
+/// operand: 6 x 4 accumulators of 16 rows, one broadcast weight pair per row and
+/// step, no horizontal sums. Output rows past `m` are not written.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+pub(super) unsafe fn outer_bf16(
+    a: &[u32],
+    pairs: usize,
+    g0: usize,
+    nv: usize,
+    p0: usize,
+    np: usize,
+    w: &[u16],
+    ldw: usize,
+    nr: usize,
+    out: &mut [f32],
+    m: usize,
+    i0: usize,
+    accumulate: bool,
+) {
+    assert!((1..=4).contains(&nv) && (1..=6).contains(&nr) && p0 + np <= pairs);
+    assert!(a.len() >= (g0 + nv) * pairs * 16);
+    assert!(w.len() >= (nr - 1) * ldw + 2 * np);
+    assert!(i0 < m && out.len() >= (nr - 1) * m + (m - i0));
+    let valid = m - i0;
+    // SAFETY: the asserts bound every read of `a`, `w` and every write of `out`.
+    unsafe {
+        let a = a.as_ptr().add((g0 * pairs + p0) * 16);
+        let gstride = pairs * 16;
+        let out = &mut out[i0..];
+        match nv {
+            1 => outer::<1>(a, gstride, np, w, ldw, nr, out, m, valid, accumulate),
+            2 => outer::<2>(a, gstride, np, w, ldw, nr, out, m, valid, accumulate),
+            3 => outer::<3>(a, gstride, np, w, ldw, nr, out, m, valid, accumulate),
+            _ => outer::<4>(a, gstride, np, w, ldw, nr, out, m, valid, accumulate),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn outer<const NV: usize>(
+    a: *const u32,
+    gstride: usize,
+    np: usize,
+    w: &[u16],
+    ldw: usize,
+    nr: usize,
+    out: &mut [f32],
+    m: usize,
+    valid: usize,
+    accumulate: bool,
+) {
+    // SAFETY (whole body): bounds checked by `outer_bf16`; missing weight rows
+    // repeat row 0 and their sums are discarded.
+    unsafe {
+        let wp: [*const u16; 6] =
+            std::array::from_fn(|r| w.as_ptr().add(if r < nr { r * ldw } else { 0 }));
+        let mut acc = [[_mm512_setzero_ps(); NV]; 6];
+        for p in 0..np {
+            let av: [__m512bh; NV] = std::array::from_fn(|v| {
+                std::mem::transmute(_mm512_loadu_si512(a.add(v * gstride + p * 16).cast()))
+            });
+            for r in 0..6 {
+                let pair = wp[r].add(2 * p).cast::<i32>().read_unaligned();
+                let b: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
+                for v in 0..NV {
+                    acc[r][v] = _mm512_dpbf16_ps(acc[r][v], av[v], b);
+                }
+            }
+        }
+        store_tile(&acc, nr, out, m, valid, accumulate);
+    }
+}
+
+/// Write (or add, after the first k block) `nr` rows of a 6 x `NV` accumulator tile
+/// into `out` (row stride `m`), only the `valid` activation lanes.
+#[inline(always)]
+unsafe fn store_tile<const NV: usize>(
+    acc: &[[__m512; NV]; 6],
+    nr: usize,
+    out: &mut [f32],
+    m: usize,
+    valid: usize,
+    accumulate: bool,
+) {
+    for (r, acc) in acc.iter().enumerate().take(nr) {
+        for (v, acc) in acc.iter().enumerate() {
+            let lanes = valid.saturating_sub(16 * v).min(16);
+            if lanes == 0 {
+                break;
+            }
+            let mask = ((1u32 << lanes) - 1) as u16;
+            // SAFETY: the caller checked that `nr` rows of `m` values from the
+            // start of `out` are in bounds; lanes past `valid` are masked off.
+            unsafe {
+                let o = out.as_mut_ptr().add(r * m + 16 * v);
+                let sum = if accumulate {
+                    _mm512_add_ps(_mm512_maskz_loadu_ps(mask, o), *acc)
+                } else {
+                    *acc
+                };
+                _mm512_mask_storeu_ps(o, mask, sum);
+            }
+        }
+    }
+}
+
+/// The f32 counterpart of `outer_bf16`: columns `c0..c0 + nc` of `nr` ≤ 6 weight
+/// rows against activation groups `g0..g0 + nv` of an operand packed `[m/16][k][16]`,
+/// one broadcast weight and four FMAs of 16 rows per column and weight row.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn outer_f32(
+    a: &[f32],
+    k: usize,
+    g0: usize,
+    nv: usize,
+    c0: usize,
+    nc: usize,
+    w: &[f32],
+    ldw: usize,
+    nr: usize,
+    out: &mut [f32],
+    m: usize,
+    i0: usize,
+    accumulate: bool,
+) {
+    assert!((1..=4).contains(&nv) && (1..=6).contains(&nr) && c0 + nc <= k);
+    assert!(a.len() >= (g0 + nv) * k * 16);
+    assert!(w.len() >= (nr - 1) * ldw + nc);
+    assert!(i0 < m && out.len() >= (nr - 1) * m + m);
+    let valid = m - i0;
+    // SAFETY: the asserts bound every read of `a`, `w` and every write of `out`;
+    // missing weight rows repeat row 0 and their sums are discarded.
+    unsafe {
+        let a = a.as_ptr().add((g0 * k + c0) * 16);
+        let gstride = k * 16;
+        let out = &mut out[i0..];
+        let wp: [*const f32; 6] =
+            std::array::from_fn(|r| w.as_ptr().add(if r < nr { r * ldw } else { 0 }));
+        macro_rules! run {
+            ($nv:literal) => {{
+                let mut acc = [[_mm512_setzero_ps(); $nv]; 6];
+                for c in 0..nc {
+                    let av: [__m512; $nv] =
+                        std::array::from_fn(|v| _mm512_loadu_ps(a.add(v * gstride + c * 16)));
+                    for r in 0..6 {
+                        let b = _mm512_set1_ps(*wp[r].add(c));
+                        for v in 0..$nv {
+                            acc[r][v] = _mm512_fmadd_ps(av[v], b, acc[r][v]);
+                        }
+                    }
+                }
+                store_tile(&acc, nr, out, m, valid, accumulate);
+            }};
+        }
+        match nv {
+            1 => run!(1),
+            2 => run!(2),
+            3 => run!(3),
+            _ => run!(4),
+        }
+    }
+}
+
+/// `dots[j] = Σ w[j][c] * x[c]` for `rows` ≤ 4 f32 rows of `k` values (missing rows
+/// repeat row 0 and are discarded); each load of `x` serves four rows.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn dot4_f32(w: &[f32], k: usize, rows: usize, x: &[f32], dots: &mut [f32; 4]) {
+    assert!((1..=4).contains(&rows) && w.len() >= rows * k && x.len() >= k);
+    // SAFETY: row starts are inside `w` (asserted), masked loads touch only lanes
+    // below `k`.
+    unsafe {
+        let wp: [*const f32; 4] =
+            std::array::from_fn(|j| w.as_ptr().add(if j < rows { j * k } else { 0 }));
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut c = 0;
+        while c < k {
+            let mask = if k - c >= 16 {
+                u16::MAX
+            } else {
+                (1u16 << (k - c)) - 1
+            };
+            let xv = _mm512_maskz_loadu_ps(mask, x.as_ptr().add(c));
+            for j in 0..4 {
+                let wv = _mm512_maskz_loadu_ps(mask, wp[j].add(c));
+                acc[j] = _mm512_fmadd_ps(wv, xv, acc[j]);
+            }
+            c += 16;
+        }
+        for j in 0..4 {
+            dots[j] = _mm512_reduce_add_ps(acc[j]);
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn load_full(p: *const u16) -> __m512bh {
+    // SAFETY: the caller guarantees 32 readable values at `p`.
+    unsafe { std::mem::transmute(_mm512_loadu_si512(p.cast())) }
+}
+
+/// `acc[i][j] = Σ a[i][..k] · w[j][..k]` for `mr`, `nr` ≤ 4 rows of bf16 operands,
+/// 32 products per `vdpbf16ps`; missing rows repeat row 0 and are discarded.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+pub(super) unsafe fn tile_bf16(
+    a: &[u16],
+    lda: usize,
+    mr: usize,
+    w: &[u16],
+    ldw: usize,
+    nr: usize,
+    k: usize,
+    acc_out: &mut [[f32; 4]; 4],
+) {
+    assert!(mr >= 1 && nr >= 1 && mr <= 4 && nr <= 4);
+    assert!(a.len() >= (mr - 1) * lda + k && w.len() >= (nr - 1) * ldw + k);
+    // SAFETY: the asserts above bound every row start plus `k` inside the slices.
+    unsafe {
+        match mr {
+            1 => tile::<1>(a, lda, w, ldw, nr, k, acc_out),
+            2 => tile::<2>(a, lda, w, ldw, nr, k, acc_out),
+            3 => tile::<3>(a, lda, w, ldw, nr, k, acc_out),
+            _ => tile::<4>(a, lda, w, ldw, nr, k, acc_out),
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn tile<const MR: usize>(
+    a: &[u16],
+    lda: usize,
+    w: &[u16],
+    ldw: usize,
+    nr: usize,
+    k: usize,
+    acc_out: &mut [[f32; 4]; 4],
+) {
+    // SAFETY (whole body): rows `< MR` of `a` and `< nr` of `w` hold `k` values
+    // (checked by the caller); lanes past `k` are masked off.
+    unsafe {
+        let ap: [*const u16; MR] = std::array::from_fn(|i| a.as_ptr().add(i * lda));
+        let wp: [*const u16; 4] =
+            std::array::from_fn(|j| w.as_ptr().add(if j < nr { j * ldw } else { 0 }));
+        let mut acc = [[_mm512_setzero_ps(); 4]; MR];
+        let mut c = 0;
+        while c + 32 <= k {
+            // Decode-step products stream the weights from memory: request each row
+            // 1 KiB ahead so more lines are in flight than the hardware prefetcher
+            // keeps (a hint: past the row's end it touches nothing).
+            for &row in &wp {
+                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(c + 512).cast());
+            }
+            let wv: [__m512bh; 4] = std::array::from_fn(|j| load_full(wp[j].add(c)));
+            for i in 0..MR {
+                let av = load_full(ap[i].add(c));
+                for j in 0..4 {
+                    acc[i][j] = _mm512_dpbf16_ps(acc[i][j], av, wv[j]);
+                }
+            }
+            c += 32;
+        }
+        if c < k {
+            let mask = (1u32 << (k - c)) - 1;
+            let wv: [__m512bh; 4] = std::array::from_fn(|j| load_bf16(wp[j].add(c), mask));
+            for i in 0..MR {
+                let av = load_bf16(ap[i].add(c), mask);
+                for j in 0..4 {
+                    acc[i][j] = _mm512_dpbf16_ps(acc[i][j], av, wv[j]);
+                }
+            }
+        }
+        for i in 0..MR {
+            for j in 0..4 {
+                acc_out[i][j] = _mm512_reduce_add_ps(acc[i][j]);
+            }
+        }
+    }
+}
+
+/// `dots[j] = Σ w[j][c] * x[c]` for `rows` ≤ 4 int8 rows of `k` values (missing
+/// rows repeat row 0 and are discarded), widened to f32 16 at a time; each load of
+/// `x` serves four rows.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub(super) unsafe fn dot4_i8_f32(w: &[i8], k: usize, rows: usize, x: &[f32], dots: &mut [f32; 4]) {
+    assert!((1..=4).contains(&rows) && w.len() >= rows * k && x.len() >= k);
+    // SAFETY: row starts are inside `w` (asserted), masked loads touch only lanes
+    // below `k`.
+    unsafe {
+        let wp: [*const i8; 4] =
+            std::array::from_fn(|j| w.as_ptr().add(if j < rows { j * k } else { 0 }));
+        // Two independent accumulators per row: the widening conversions leave
+        // the FMA chains as the latency bound otherwise.
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut acc2 = [_mm512_setzero_ps(); 4];
+        let mut c = 0;
+        while c + 32 <= k {
+            let xv = _mm512_loadu_ps(x.as_ptr().add(c));
+            let xv2 = _mm512_loadu_ps(x.as_ptr().add(c + 16));
+            for j in 0..4 {
+                let q = _mm_loadu_si128(wp[j].add(c).cast());
+                let q2 = _mm_loadu_si128(wp[j].add(c + 16).cast());
+                let wf = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q));
+                let wf2 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q2));
+                acc[j] = _mm512_fmadd_ps(wf, xv, acc[j]);
+                acc2[j] = _mm512_fmadd_ps(wf2, xv2, acc2[j]);
+            }
+            c += 32;
+        }
+        for j in 0..4 {
+            acc[j] = _mm512_add_ps(acc[j], acc2[j]);
+        }
+        while c + 16 <= k {
+            let xv = _mm512_loadu_ps(x.as_ptr().add(c));
+            for j in 0..4 {
+                let q = _mm_loadu_si128(wp[j].add(c).cast());
+                let wf = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q));
+                acc[j] = _mm512_fmadd_ps(wf, xv, acc[j]);
+            }
+            c += 16;
+        }
+        if c < k {
+            let mask = (1u16 << (k - c)) - 1;
+            let xv = _mm512_maskz_loadu_ps(mask, x.as_ptr().add(c));
+            for j in 0..4 {
+                let q = _mm_maskz_loadu_epi8(mask, wp[j].add(c).cast());
+                let wf = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q));
+                acc[j] = _mm512_fmadd_ps(wf, xv, acc[j]);
+            }
+        }
+        for j in 0..4 {
+            dots[j] = _mm512_reduce_add_ps(acc[j]);
+        }
+    }
+}

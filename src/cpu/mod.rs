@@ -1,0 +1,33 @@
+//! Weight matrices kept in host memory as f32, bf16 or int8 and multiplied by this
+//! crate's own CPU kernels ([`WeightFormat`](crate::WeightFormat) other than `Backend`).
+//!
+//! burn's CPU backends widen bf16 to f32 before a matrix product, have no int8 product,
+//! and multiply f32 with AVX2 kernels. These kernels multiply the stored values
+//! directly, with AVX-512 where the CPU has it and portable code with the same rounding
+//! elsewhere. Activations stay f32 between layers; for bf16 and int8 only the operands
+//! of a product are rounded to bf16, as transformers' bfloat16 models round everything.
+//!
+//! All products are `y = x · Wᵀ` with `W` stored `[out, in]` exactly as the checkpoint
+//! lays it out, so weights can be used in place from the checkpoint's memory map.
+//!
+//! - `matrix`: `HostMatrix`, its storage, and which product a format and row count get.
+//! - `products`: the blocked, parallel product drivers and the packed activations.
+//! - `isa`: which kernels this CPU can run.
+//! - `portable`, `avx512`: the inner kernels the drivers call.
+//! - `gelu`, `quantize`, `memory`: the MLP activation, int8 quantization at load, and
+//!   bf16 conversion and huge-page helpers.
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod gelu;
+mod isa;
+mod matrix;
+mod memory;
+mod portable;
+mod products;
+mod quantize;
+
+pub(crate) use gelu::gelu_tanh_mul;
+pub(crate) use isa::simd_level;
+pub(crate) use matrix::HostMatrix;
+pub(crate) use memory::{prefer_huge_pages, to_bf16};
