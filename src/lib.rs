@@ -41,10 +41,10 @@
 mod attention;
 pub mod backend;
 mod config;
+mod cpu;
 mod error;
 mod gemma;
 mod generate;
-mod cpu;
 mod kv_cache;
 mod layers;
 mod model;
