@@ -179,6 +179,10 @@ def main():
     ap.add_argument("--ours", default="f32,f32-weights,bf16-weights,int8-weights,f16",
                     help="our configurations to time, comma-separated: a compute dtype (f32, f16, bf16), "
                          "or bf16-weights / int8-weights (f32 activations, host bf16/int8 weight kernels)")
+    ap.add_argument("--against", type=Path, metavar="OLD_CLI",
+                    help="no transformers: time --cli against another build of the CLI (before/after a change), "
+                         "interleaved, --repeats times each")
+    ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--gpu", action="store_true", help="time cuda and wgpu against transformers on cuda")
     ap.add_argument("--timeout", type=float, default=240, help="seconds per run in --gpu mode")
     ap.add_argument("--hf-device", default="cpu", help=argparse.SUPPRESS)
@@ -190,6 +194,8 @@ def main():
         sys.exit("build the CLI first: cargo build --release --example paligemma")
     if args.gpu:
         return gpu(args)
+    if args.against:
+        return against(args)
     if args.batch_sizes:
         sizes = [int(x) for x in args.batch_sizes.split(",")]
         rows = batch_throughput(args, sizes, args.batch_images)
@@ -232,6 +238,43 @@ def main():
     print(table)
     if args.write:
         write_block(args.write, f"<!-- bench:{args.model.name} -->", f"{header}\n{table}\n")
+
+
+def against(args):
+    """Our CLI against another build of it on the same configurations, runs interleaved
+    (old, new, old, new, ...) so drift in the machine hits both; the best of the repeats
+    of each is reported, with new / old."""
+    new_cli = args.cli
+    keys = [("load_s", "load s"), ("ttft_s", "time to first token s"), ("decode_ms", "decode ms/token"),
+            ("rss_gb", "peak RSS GB")]
+    lines = [f"| configuration | build | {' | '.join(label for _, label in keys)} | runs (TTFT s / decode ms) |",
+             "|---" * (len(keys) + 3) + "|"]
+    for config in args.ours.split(","):
+        runs = {"before": [], "after": []}
+        for _ in range(args.repeats):
+            for name, cli in (("before", args.against), ("after", new_cli)):
+                args.cli = cli
+                try:
+                    runs[name].append(ours_config(args, config))
+                except Failed as e:
+                    sys.exit(str(e))
+        args.cli = new_cli
+        best = {name: {k: min(r[k] for r in rs) for k, _ in keys} for name, rs in runs.items()}
+        same = runs["before"][0]["generated_ids"] == runs["after"][0]["generated_ids"]
+        for name in ("before", "after"):
+            detail = ", ".join(f"{r['ttft_s']:.2f} / {r['decode_ms']:.0f}" for r in runs[name])
+            lines.append(f"| {config} | {name} | " + " | ".join(f"{best[name][k]:.3g}" for k, _ in keys)
+                         + f" | {detail} |")
+        lines.append(f"| {config} | after / before | "
+                     + " | ".join(f"{best['after'][k] / best['before'][k]:.2f}" for k, _ in keys)
+                     + f" | same greedy ids: {same} |")
+    header = (f"Machine: {cpu_name()}, {os.cpu_count()} cores. Checkpoint `{args.model.name}`, prompt "
+              f"{args.prompt!r}, {args.tokens} new tokens, image `{args.image.name}`; best of {args.repeats} "
+              f"interleaved runs per build.\n")
+    print(header)
+    print("\n".join(lines))
+    if args.write:
+        write_block(args.write, f"<!-- against:{args.model.name} -->", header + "\n" + "\n".join(lines) + "\n")
 
 
 def write_block(path: Path, marker: str, block: str, heading: str = ""):

@@ -77,7 +77,7 @@ pub enum Error {
     Options(String),
     /// A task's arguments are invalid.
     #[error(transparent)]
-    Task(#[from] crate::task::TaskError),
+    Task(#[from] TaskError),
     /// The segmentation mask decoder is missing or invalid.
     #[error("mask decoder: {0}")]
     MaskDecoder(String),
@@ -98,6 +98,50 @@ pub enum Error {
     /// The backend failed while running (reading a result back, for example).
     #[error("backend: {0}")]
     Backend(String),
+}
+
+/// Invalid task arguments, reported by [`Task::prompt`](crate::Task::prompt).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TaskError {
+    /// No object names were given to detect or segment.
+    #[error("no objects given: name at least one object to {0}")]
+    NoObjects(&'static str),
+    /// An object name is empty after trimming.
+    #[error("object name {index} is empty")]
+    EmptyObject {
+        /// Position of the name in the list.
+        index: usize,
+    },
+    /// An object name contains a character that would change the prompt's structure.
+    #[error("object name {name:?} contains {what}, which the prompt format reserves")]
+    ReservedInObject {
+        /// The offending name, trimmed.
+        name: String,
+        /// What it contains.
+        what: &'static str,
+    },
+    /// A question or answer text is empty after trimming.
+    #[error("the {0} is empty")]
+    EmptyText(&'static str),
+    /// Text contains a newline, which ends a PaliGemma prompt.
+    #[error("the {0} contains a newline; PaliGemma prompts are one line")]
+    Newline(&'static str),
+    /// Text contains a special token of the PaliGemma vocabulary, which the tokenizer
+    /// would turn into a control token (`<image>`, `<eos>`, `<loc0001>`, ...).
+    #[error(
+        "the {field} contains {token:?}, a special token of the PaliGemma vocabulary that would change the prompt's structure"
+    )]
+    SpecialToken {
+        /// Which argument: `"question"` or `"answer"`.
+        field: &'static str,
+        /// The token as written.
+        token: String,
+    },
+    /// The language code is not of the form the checkpoints were trained with.
+    #[error(
+        "language code {0:?} is not valid: use a lowercase ISO 639 code such as \"en\", \"de\" or \"zh\", optionally with a region or script such as \"pt-BR\" or \"sr-Latn\""
+    )]
+    Language(String),
 }
 
 /// Shorthand for `std::result::Result<T, paligemma::Error>`.

@@ -54,7 +54,8 @@ struct Step<'a, B: Backend> {
     sin: Tensor<B, 4>,
     full_mask: Tensor<B, 4, Bool>,
     sliding_mask: Option<Tensor<B, 4, Bool>>,
-    cache: &'a mut KvCache<B>,
+    /// `None`: no cache, the keys and values of this call are all there is.
+    cache: Option<&'a mut KvCache<B>>,
 }
 
 impl<B: Backend> Decoder<B> {
@@ -145,9 +146,30 @@ impl<B: Backend> Decoder<B> {
         positions: &[Vec<usize>],
         cache: &mut KvCache<B>,
     ) -> Tensor<B, 3> {
+        self.run(x, rows, positions, Some(cache))
+    }
+
+    /// [`Decoder::forward`] over a whole sequence with no cache (training, and logits at
+    /// every position): keys and values are used as computed.
+    pub fn forward_uncached(
+        &self,
+        x: Tensor<B, 3>,
+        rows: &[RowLayout],
+        positions: &[Vec<usize>],
+    ) -> Tensor<B, 3> {
+        self.run(x, rows, positions, None)
+    }
+
+    fn run(
+        &self,
+        x: Tensor<B, 3>,
+        rows: &[RowLayout],
+        positions: &[Vec<usize>],
+        mut cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
         let device = x.device();
         let q_len = x.dims()[1];
-        let offset = cache.len();
+        let offset = cache.as_ref().map_or(0, |c| c.len());
         let kv_len = offset + q_len;
         let (cos, sin) = self.rope.tables::<B>(positions, &device, x.dtype());
         let full_mask = prefix_lm_mask::<B>(rows, offset, q_len, kv_len, None, &device);
@@ -161,13 +183,15 @@ impl<B: Backend> Decoder<B> {
             sin,
             full_mask,
             sliding_mask,
-            cache,
+            cache: cache.take(),
         };
         let mut x = x;
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(x, i, &self.config, &mut step);
         }
-        step.cache.advance(q_len);
+        if let Some(cache) = step.cache.as_deref_mut() {
+            cache.advance(q_len);
+        }
         self.norm.forward(x)
     }
 
@@ -210,7 +234,10 @@ impl<B: Backend> DecoderLayer<B> {
             &step.sin,
         );
         let v = split(self.v.forward(normed), kv_heads);
-        let (k, v) = step.cache.append(index, k, v);
+        let (k, v) = match step.cache.as_deref_mut() {
+            Some(cache) => cache.append(index, k, v),
+            None => (k, v),
+        };
         let mask = match (&step.sliding_mask, self.sliding) {
             (Some(m), true) => m,
             _ => &step.full_mask,

@@ -60,6 +60,8 @@ mod segmentation;
 mod siglip;
 pub mod task;
 mod tokenizer;
+#[cfg(feature = "train")]
+pub mod train;
 mod weights;
 
 pub use crate::paligemma::{DecodeState, PaliGemma};
@@ -76,4 +78,4 @@ pub use pretrained::LoadOptions;
 pub use segmentation::{BinaryMask, CODES_PER_MASK, MASK_SIZE, MaskDecoder, paste_mask};
 pub use siglip::VisionTower;
 pub use task::{BoundingBox, Detection, Segmentation, Task, TaskError, TaskOutput};
-pub use tokenizer::Tokenizer;
+pub use tokenizer::{PaddingSide, Tokenizer};

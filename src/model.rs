@@ -58,6 +58,14 @@ impl<B: Backend> Model<B> {
         }
     }
 
+    /// The same model with its network replaced by `f(network)` (training updates).
+    pub(crate) fn map_network(self, f: impl FnOnce(PaliGemma<B>) -> PaliGemma<B>) -> Self {
+        Model {
+            network: f(self.network),
+            ..self
+        }
+    }
+
     /// The model's configuration.
     pub fn config(&self) -> &Config {
         &self.config

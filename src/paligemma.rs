@@ -5,7 +5,7 @@
 //! Read top to bottom: image features, prompt embeddings (the merge), forward, logits,
 //! then the two calls a decoding loop needs, [`PaliGemma::prefill`] (every prompt of a
 //! batch at once, left-padded) and [`PaliGemma::extend`] (one token per row against
-//! the cache). The loop itself lives in [`crate::generate`].
+//! the cache). The loop itself lives in `generate/`.
 
 use burn::module::Module;
 use burn::tensor::{FloatDType, Tensor, backend::Backend};
@@ -121,6 +121,32 @@ impl<B: Backend> PaliGemma<B> {
         Ok(Tensor::cat(vec![features, text], 1))
     }
 
+    /// [`PaliGemma::embed`] of a prompt with `before` and `after` `pad_id` tokens around
+    /// it (batch rows of different lengths).
+    pub(crate) fn embed_padded(
+        &self,
+        features: &Tensor<B, 3>,
+        ids: &[u32],
+        (before, after): (usize, usize),
+        pad_id: u32,
+    ) -> Result<Tensor<B, 3>> {
+        let merged = self.embed(features, ids)?;
+        if before == 0 && after == 0 {
+            return Ok(merged);
+        }
+        let device = features.device();
+        let pad = |n: usize| self.decoder.embed(&[vec![pad_id; n]], &device);
+        let mut parts = Vec::with_capacity(3);
+        if before > 0 {
+            parts.push(pad(before));
+        }
+        parts.push(merged);
+        if after > 0 {
+            parts.push(pad(after));
+        }
+        Ok(Tensor::cat(parts, 1))
+    }
+
     /// Run the decoder over embeddings `[batch, seq, hidden]` at per-row `positions`,
     /// appending to `cache`; returns the final-normed hidden states.
     pub fn forward(
@@ -138,17 +164,27 @@ impl<B: Backend> PaliGemma<B> {
         self.decoder.logits(hidden)
     }
 
+    /// The decoder over whole sequences without a cache (training): rows laid out by
+    /// `rows`, at `positions`; returns the final-normed hidden states.
+    pub fn forward_uncached(
+        &self,
+        x: Tensor<B, 3>,
+        rows: &[RowLayout],
+        positions: &[Vec<usize>],
+    ) -> Tensor<B, 3> {
+        self.decoder.forward_uncached(x, rows, positions)
+    }
+
     /// Logits `[1, seq, vocab]` at every position of one prompt, without a cache kept:
     /// the reference comparison point.
     pub fn forward_logits(&self, features: &Tensor<B, 3>, ids: &[u32]) -> Result<Tensor<B, 3>> {
         let x = self.embed(features, ids)?;
         let len = ids.len();
-        let mut cache = self.new_cache(1, len, &features.device());
         let rows = [RowLayout {
             pad: 0,
             prefix: len,
         }];
-        let hidden = self.forward(x, &rows, &[(1..=len).collect()], &mut cache);
+        let hidden = self.forward_uncached(x, &rows, &[(1..=len).collect()]);
         Ok(self.logits(hidden))
     }
 
@@ -189,13 +225,7 @@ impl<B: Backend> PaliGemma<B> {
         let mut embedded = Vec::with_capacity(prompts.len());
         for (features, ids) in prompts {
             let pad = width - ids.len();
-            let merged = self.embed(features, ids)?;
-            embedded.push(if pad > 0 {
-                let padding = self.decoder.embed(&[vec![pad_id; pad]], &device);
-                Tensor::cat(vec![padding, merged], 1)
-            } else {
-                merged
-            });
+            embedded.push(self.embed_padded(features, ids, (pad, 0), pad_id)?);
             rows.push(RowLayout {
                 pad,
                 prefix: ids.len(),

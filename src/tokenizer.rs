@@ -17,8 +17,21 @@ pub struct Tokenizer {
     pub eos_id: u32,
     /// `<pad>`, when the tokenizer has one.
     pub pad_id: Option<u32>,
+    /// Which side training batches are padded on (`tokenizer_config.json`'s
+    /// `padding_side`; Gemma's tokenizer pads on the left when it says nothing).
+    pub padding_side: PaddingSide,
     /// Ids dropped when decoding to text (special tokens other than `<loc>`/`<seg>`).
     skip_ids: HashSet<u32>,
+}
+
+/// Where padding goes in a batch of different lengths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PaddingSide {
+    /// Before the first token (Gemma's tokenizer default).
+    #[default]
+    Left,
+    /// After the last token.
+    Right,
 }
 
 impl Tokenizer {
@@ -33,7 +46,9 @@ impl Tokenizer {
         }
         let tokenizer = tokenizers::Tokenizer::from_file(&path)
             .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
-        Self::new(tokenizer)
+        let mut out = Self::new(tokenizer)?;
+        out.padding_side = padding_side(&dir.join("tokenizer_config.json"))?;
+        Ok(out)
     }
 
     /// Wrap a tokenizer, resolving the special tokens.
@@ -61,6 +76,7 @@ impl Tokenizer {
             bos_id,
             eos_id,
             pad_id,
+            padding_side: PaddingSide::default(),
             skip_ids,
         })
     }
@@ -93,6 +109,25 @@ impl Tokenizer {
         Ok(ids)
     }
 
+    /// Ids of a training target: the suffix's tokens and `<eos>`, as `PaliGemmaProcessor`
+    /// appends them after the prompt (no other special tokens added).
+    pub fn suffix_ids(&self, suffix: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .tokenizer
+            .encode(suffix, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let body = enc.get_ids();
+        if body.contains(&self.image_id) {
+            return Err(Error::Prompt(
+                "the suffix contains the <image> token, which only the image block may hold".into(),
+            ));
+        }
+        let mut ids = Vec::with_capacity(body.len() + 1);
+        ids.extend_from_slice(body);
+        ids.push(self.eos_id);
+        Ok(ids)
+    }
+
     /// Generated ids as text, dropping special tokens but keeping `<loc>`/`<seg>`.
     pub fn detokenize(&self, ids: &[u32]) -> Result<String> {
         let kept: Vec<u32> = ids
@@ -103,6 +138,24 @@ impl Tokenizer {
         self.tokenizer
             .decode(&kept, false)
             .map_err(|e| Error::Tokenizer(e.to_string()))
+    }
+}
+
+/// `padding_side` of a `tokenizer_config.json` (optional file, optional field).
+fn padding_side(path: &Path) -> Result<PaddingSide> {
+    if !path.is_file() {
+        return Ok(PaddingSide::default());
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let bad = |reason: String| Error::Tokenizer(format!("{}: {reason}", path.display()));
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    match json.get("padding_side").and_then(|v| v.as_str()) {
+        None => Ok(PaddingSide::default()),
+        Some("left") => Ok(PaddingSide::Left),
+        Some("right") => Ok(PaddingSide::Right),
+        Some(other) => Err(bad(format!(
+            "padding_side is {other:?}, expected \"left\" or \"right\""
+        ))),
     }
 }
 

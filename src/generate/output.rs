@@ -30,7 +30,7 @@ pub enum FinishReason {
     Cancelled,
 }
 
-/// The result of [`Model::generate`].
+/// The result of [`Model::generate`](crate::Model::generate).
 #[derive(Debug, Clone, Serialize)]
 pub struct Generation {
     /// The prompt's input ids (image placeholders, `<bos>`, prompt, `\n`).

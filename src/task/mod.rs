@@ -48,10 +48,11 @@ mod parse;
 mod prompt;
 mod run;
 
+pub use crate::error::TaskError;
 pub use objects::{
     BoundingBox, Coordinates, Detection, MAX_LOC, MAX_SEG, ParseOutput, Segmentation, SkipReason,
-    Skipped, format_objects, loc_token, seg_token, segmentations_from_text,
+    Skipped, format_objects, loc_token, seg_token,
 };
 pub use parse::{parse_detections, parse_objects_with, parse_segmentations};
-pub use prompt::{Task, TaskError};
-pub use run::TaskOutput;
+pub use prompt::Task;
+pub use run::{TaskOutput, segmentations_from_text};

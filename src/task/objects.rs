@@ -3,11 +3,9 @@
 
 use std::fmt;
 
-use burn::tensor::backend::Backend;
 use serde::Serialize;
 
-use crate::error::Result;
-use crate::segmentation::{BinaryMask, MaskDecoder, paste_mask};
+use crate::segmentation::BinaryMask;
 
 /// Largest valid `<loc>` value.
 pub const MAX_LOC: u16 = 1023;
@@ -250,35 +248,4 @@ pub struct Segmentation {
     pub mask: BinaryMask,
     /// The decoder's soft 64 x 64 output (row-major, nominally in [-1, 1]).
     pub mask64: Vec<f32>,
-}
-
-/// Parse a segmentation output for a `width x height` image and decode its masks.
-pub fn segmentations_from_text<B: Backend>(
-    text: &str,
-    width: u32,
-    height: u32,
-    decoder: &MaskDecoder<B>,
-) -> Result<(Vec<Segmentation>, Vec<Skipped>)> {
-    let parsed = super::parse_segmentations(text, width, height);
-    // A segmentation parse gives every object its codes.
-    let objects: Vec<(Detection, [u16; 16])> = parsed
-        .objects
-        .into_iter()
-        .filter_map(|o| o.seg_codes.map(|codes| (o, codes)))
-        .collect();
-    let codes: Vec<[u16; 16]> = objects.iter().map(|(_, c)| *c).collect();
-    let masks = decoder.masks(&codes)?;
-    let segmentations = objects
-        .into_iter()
-        .zip(masks)
-        .map(|((o, codes), mask64)| Segmentation {
-            mask: paste_mask(&mask64, o.bbox.to_pixels(), width, height),
-            label: o.label,
-            bbox: o.bbox,
-            loc: o.loc,
-            codes,
-            mask64,
-        })
-        .collect();
-    Ok((segmentations, parsed.skipped))
 }

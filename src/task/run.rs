@@ -8,12 +8,13 @@
 use burn::tensor::backend::Backend;
 use image::DynamicImage;
 
-use super::objects::{Detection, Segmentation, Skipped, segmentations_from_text};
-use super::parse::parse_detections;
+use super::objects::{Detection, Segmentation, Skipped};
+use super::parse::{parse_detections, parse_segmentations};
 use super::prompt::Task;
 use crate::error::{Error, Result};
 use crate::generate::{GenerateOptions, Generation};
 use crate::model::Model;
+use crate::segmentation::{MaskDecoder, paste_mask};
 
 /// Objects of a detection or segmentation task, with everything else the model said.
 #[derive(Debug, Clone)]
@@ -194,4 +195,35 @@ impl<B: Backend> Model<B> {
             generation,
         })
     }
+}
+
+/// Parse a segmentation output for a `width x height` image and decode its masks.
+pub fn segmentations_from_text<B: Backend>(
+    text: &str,
+    width: u32,
+    height: u32,
+    decoder: &MaskDecoder<B>,
+) -> Result<(Vec<Segmentation>, Vec<Skipped>)> {
+    let parsed = parse_segmentations(text, width, height);
+    // A segmentation parse gives every object its codes.
+    let objects: Vec<(Detection, [u16; 16])> = parsed
+        .objects
+        .into_iter()
+        .filter_map(|o| o.seg_codes.map(|codes| (o, codes)))
+        .collect();
+    let codes: Vec<[u16; 16]> = objects.iter().map(|(_, c)| *c).collect();
+    let masks = decoder.masks(&codes)?;
+    let segmentations = objects
+        .into_iter()
+        .zip(masks)
+        .map(|((o, codes), mask64)| Segmentation {
+            mask: paste_mask(&mask64, o.bbox.to_pixels(), width, height),
+            label: o.label,
+            bbox: o.bbox,
+            loc: o.loc,
+            codes,
+            mask64,
+        })
+        .collect();
+    Ok((segmentations, parsed.skipped))
 }

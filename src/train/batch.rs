@@ -1,0 +1,176 @@
+//! Training examples and the model inputs they become, exactly as transformers'
+//! `PaliGemmaProcessor(text=prefix, images=image, suffix=suffix, padding="longest")`
+//! builds them: `<image>` x N, `<bos>`, prefix, `\n` (token type 0), then the suffix
+//! and `<eos>` (type 1, the only labelled tokens), padded on the tokenizer's
+//! `padding_side` (Gemma's default: left).
+
+use burn::tensor::{Tensor, TensorData, backend::Backend};
+use image::DynamicImage;
+
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::preprocess::preprocess_image;
+use crate::tokenizer::PaddingSide;
+
+/// One training example: an image, the prompt it answers and the target output.
+#[derive(Debug, Clone)]
+pub struct Example {
+    /// The image.
+    pub image: DynamicImage,
+    /// The prompt, e.g. `"caption en"`.
+    pub prefix: String,
+    /// What the model should answer, e.g. `"a red circle"`; `<eos>` is appended.
+    pub suffix: String,
+}
+
+impl Example {
+    /// An example from its parts.
+    pub fn new(image: DynamicImage, prefix: impl Into<String>, suffix: impl Into<String>) -> Self {
+        Example {
+            image,
+            prefix: prefix.into(),
+            suffix: suffix.into(),
+        }
+    }
+}
+
+/// A batch of examples as model inputs, padded to the longest row on the tokenizer's
+/// padding side.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// `[rows][width]` token ids, padded with `<pad>`.
+    pub input_ids: Vec<Vec<u32>>,
+    /// `[rows][width]`: 0 for the image, `<bos>`, prefix, `\n` and padding; 1 for the
+    /// suffix and its `<eos>`.
+    pub token_type_ids: Vec<Vec<u8>>,
+    /// `[rows][width]`: the token each position must produce, only on the suffix and
+    /// its `<eos>` (transformers writes -100 elsewhere).
+    pub labels: Vec<Vec<Option<u32>>>,
+    /// Real (unpadded) tokens per row.
+    pub lengths: Vec<usize>,
+    /// Padding before each row's first token (0 when padding on the right).
+    pub left_padding: Vec<usize>,
+    /// Tokens of each row's bidirectional prefix (image, `<bos>`, prefix, `\n`).
+    pub prefix_lengths: Vec<usize>,
+    /// `[rows, 3, size, size]` normalised pixels, row-major.
+    pixels: Vec<f32>,
+    image_size: usize,
+}
+
+impl Batch {
+    /// Number of examples.
+    pub fn len(&self) -> usize {
+        self.input_ids.len()
+    }
+
+    /// Whether the batch has no examples (never true for a built batch).
+    pub fn is_empty(&self) -> bool {
+        self.input_ids.is_empty()
+    }
+
+    /// Tokens per padded row.
+    pub fn width(&self) -> usize {
+        self.input_ids.first().map_or(0, Vec::len)
+    }
+
+    /// Tokens that carry a loss: each row's suffix and `<eos>`.
+    pub fn supervised_tokens(&self) -> usize {
+        self.labels.iter().flatten().filter(|l| l.is_some()).count()
+    }
+
+    /// The pixels as a `[rows, 3, size, size]` tensor.
+    pub fn pixels<B: Backend>(&self, device: &B::Device) -> Tensor<B, 4> {
+        let s = self.image_size;
+        Tensor::from_data(
+            TensorData::new(self.pixels.clone(), [self.len(), 3, s, s]),
+            device,
+        )
+    }
+}
+
+impl<B: Backend> Model<B> {
+    /// Turn examples into a training batch. Errors name the example: an image that
+    /// cannot be preprocessed, a prompt or suffix with `<image>` tokens, or a row
+    /// longer than the model's context.
+    ///
+    /// ```
+    /// # fn main() -> paligemma::Result<()> {
+    /// use paligemma::{Model, backend::Cpu, train::Example};
+    /// let model = Model::<Cpu>::from_pretrained("tests/fixtures/pg1-tiny", &Default::default())?;
+    /// let image = paligemma::load_image("tests/fixtures/images/photo.png")?;
+    /// let batch = model.training_batch(&[
+    ///     Example::new(image.clone(), "caption en", "a photo"),
+    ///     Example::new(image, "answer en how many?", "2"),
+    /// ])?;
+    /// assert_eq!(batch.len(), 2);
+    /// // Labels are the suffix and <eos> only.
+    /// assert!(batch.labels[1].iter().rev().find_map(|l| *l) == Some(model.tokenizer().eos_id));
+    /// # Ok(()) }
+    /// ```
+    pub fn training_batch(&self, examples: &[Example]) -> Result<Batch> {
+        if examples.is_empty() {
+            return Err(Error::Prompt(
+                "a training batch needs at least one example".into(),
+            ));
+        }
+        let context = self.config().text.max_position_embeddings;
+        let size = self.config().vision.image_size;
+        let tokenizer = self.tokenizer();
+        let mut rows = Vec::with_capacity(examples.len());
+        let mut pixels = Vec::with_capacity(examples.len() * 3 * size * size);
+        for (i, ex) in examples.iter().enumerate() {
+            let at = |e: Error| Error::Prompt(format!("training example {i}: {e}"));
+            let prompt = self.prompt_ids(&ex.prefix).map_err(at)?;
+            let suffix = tokenizer.suffix_ids(&ex.suffix).map_err(at)?;
+            if prompt.len() + suffix.len() > context {
+                return Err(Error::Prompt(format!(
+                    "training example {i}: {} prompt and {} suffix tokens exceed the model's context of {context}",
+                    prompt.len(),
+                    suffix.len()
+                )));
+            }
+            pixels.extend(preprocess_image(&ex.image, size).map_err(at)?);
+            rows.push((prompt, suffix));
+        }
+        let width = rows
+            .iter()
+            .map(|(p, s)| p.len() + s.len())
+            .max()
+            .unwrap_or(0);
+        let pad = tokenizer.pad_id.unwrap_or(0);
+        let mut batch = Batch {
+            input_ids: Vec::with_capacity(rows.len()),
+            token_type_ids: Vec::with_capacity(rows.len()),
+            labels: Vec::with_capacity(rows.len()),
+            lengths: Vec::with_capacity(rows.len()),
+            left_padding: Vec::with_capacity(rows.len()),
+            prefix_lengths: Vec::with_capacity(rows.len()),
+            pixels,
+            image_size: size,
+        };
+        for (prompt, suffix) in rows {
+            let len = prompt.len() + suffix.len();
+            let left = match tokenizer.padding_side {
+                PaddingSide::Left => width - len,
+                PaddingSide::Right => 0,
+            };
+            let mut ids = vec![pad; left];
+            ids.extend(&prompt);
+            ids.extend(&suffix);
+            ids.resize(width, pad);
+            let targets = left + prompt.len()..left + len;
+            let mut types = vec![0u8; width];
+            types[targets.clone()].fill(1);
+            let labels = (0..width)
+                .map(|i| targets.contains(&i).then(|| ids[i]))
+                .collect();
+            batch.input_ids.push(ids);
+            batch.token_type_ids.push(types);
+            batch.labels.push(labels);
+            batch.lengths.push(len);
+            batch.left_padding.push(left);
+            batch.prefix_lengths.push(prompt.len());
+        }
+        Ok(batch)
+    }
+}

@@ -1,0 +1,63 @@
+//! What trains: every parameter, or only the decoder's attention projections (as
+//! big_vision's colab fine-tunes); the rest is frozen (no gradient, no update).
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::{Tensor, backend::AutodiffBackend};
+
+use crate::model::Model;
+
+/// Which parameters a fine-tune updates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Method {
+    /// Every parameter: vision tower, projector and decoder.
+    #[default]
+    Full,
+    /// The decoder's `q`, `k`, `v` and `o` projections only.
+    Attention,
+}
+
+impl Method {
+    /// Whether the parameter at module path `path` trains under this method.
+    pub(crate) fn trains(self, path: &[String]) -> bool {
+        match self {
+            Method::Full => true,
+            Method::Attention => {
+                matches!(path, [decoder, layers, _, proj, _]
+                    if decoder == "decoder" && layers == "layers"
+                        && matches!(proj.as_str(), "q" | "k" | "v" | "o"))
+            }
+        }
+    }
+}
+
+/// Sets `require_grad` by module path.
+struct Freeze {
+    method: Method,
+    path: Vec<String>,
+}
+
+impl<B: AutodiffBackend> ModuleMapper<B> for Freeze {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        param.set_require_grad(self.method.trains(&self.path))
+    }
+}
+
+impl<B: AutodiffBackend> Model<B> {
+    /// Mark the parameters `method` trains as requiring gradients and freeze the rest.
+    pub fn with_trainable(self, method: Method) -> Self {
+        self.map_network(|network| {
+            network.map(&mut Freeze {
+                method,
+                path: Vec::new(),
+            })
+        })
+    }
+}

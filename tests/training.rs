@@ -1,0 +1,232 @@
+//! Fine-tuning against transformers and torch on the tiny checkpoints: the training
+//! batch the processor builds, the loss, every parameter's gradient, and the losses of
+//! SGD and AdamW steps (full and attention-only). Expected values come from
+//! `scripts/make_training_fixtures.py`.
+#![cfg(feature = "train")]
+
+mod common;
+
+use burn::backend::Autodiff;
+use common::*;
+use paligemma::train::{Batch, Example, Method, Optimizer, Reduction, Trainer};
+use paligemma::{Model, backend::Cpu};
+
+type Ad = Autodiff<Cpu>;
+
+fn load(name: &str) -> Model<Ad> {
+    Model::<Ad>::from_pretrained(fixtures().join(name), &Default::default()).unwrap()
+}
+
+fn examples(meta: &serde_json::Value) -> Vec<Example> {
+    meta["examples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            Example::new(
+                open_image(e["image"].as_str().unwrap()),
+                e["prefix"].as_str().unwrap(),
+                e["suffix"].as_str().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn batch(model: &Model<Ad>, meta: &serde_json::Value) -> Batch {
+    model.training_batch(&examples(meta)).unwrap()
+}
+
+fn rows<T: Copy>(v: &[Vec<T>]) -> Vec<T> {
+    v.iter().flatten().copied().collect()
+}
+
+fn check_batch(name: &str) {
+    let model = load(name);
+    let meta = expected_json(&format!("train-{name}"));
+    let t = expected_tensors(&format!("train-{name}"));
+    let b = batch(&model, &meta);
+    let ids: Vec<f32> = rows(&b.input_ids).iter().map(|&v| v as f32).collect();
+    assert_eq!(ids, t["input_ids"].data, "{name}: input ids");
+    let types: Vec<f32> = rows(&b.token_type_ids)
+        .iter()
+        .map(|&v| f32::from(v))
+        .collect();
+    assert_eq!(types, t["token_type_ids"].data, "{name}: token types");
+    let labels: Vec<f32> = rows(&b.labels)
+        .iter()
+        .map(|l| l.map_or(-100.0, |v| v as f32))
+        .collect();
+    assert_eq!(labels, t["labels"].data, "{name}: labels");
+    let mask: Vec<f32> = b
+        .lengths
+        .iter()
+        .zip(&b.left_padding)
+        .flat_map(|(&len, &left)| {
+            (0..b.width()).map(move |i| {
+                if (left..left + len).contains(&i) {
+                    1.0
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    assert_eq!(mask, t["attention_mask"].data, "{name}: attention mask");
+    let px = b
+        .pixels::<Cpu>(&Default::default())
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
+    let diff = max_abs_diff(&px, &t["pixel_values"].data);
+    assert!(diff < 1e-5, "{name}: pixels differ by {diff}");
+}
+
+fn check_loss_and_gradients(name: &str) {
+    let model = load(name);
+    let meta = expected_json(&format!("train-{name}"));
+    let t = expected_tensors(&format!("train-{name}"));
+    let b = batch(&model, &meta);
+    assert_eq!(
+        b.supervised_tokens(),
+        meta["supervised_tokens"].as_u64().unwrap() as usize
+    );
+    let loss = model.loss(&b, Reduction::Tokens).unwrap();
+    let ours = loss.scalar().unwrap();
+    let theirs = meta["loss"].as_f64().unwrap() as f32;
+    assert!(
+        ((ours - theirs) / theirs).abs() < 1e-5,
+        "{name}: loss {ours} vs {theirs}"
+    );
+    for (o, e) in loss
+        .per_example()
+        .unwrap()
+        .iter()
+        .zip(meta["per_example_losses"].as_array().unwrap())
+    {
+        let e = e.as_f64().unwrap() as f32;
+        assert!(
+            ((o - e) / e).abs() < 1e-5,
+            "{name}: example loss {o} vs {e}"
+        );
+    }
+    let grads = loss.value.backward();
+    let named = model.named_gradients(&grads).unwrap();
+    let expected: Vec<&String> = t.keys().filter(|k| k.starts_with("grad.")).collect();
+    assert_eq!(named.len(), expected.len(), "{name}: number of gradients");
+    for g in &named {
+        let e = &t[&format!("grad.{}", g.name)];
+        assert_eq!(g.values.len(), e.data.len(), "{}: gradient size", g.name);
+        let scale = e.data.iter().fold(1f32, |m, v| m.max(v.abs()));
+        let diff = max_abs_diff(&g.values, &e.data);
+        assert!(
+            diff / scale < 1e-4,
+            "{name}: gradient of {} differs by {diff} (scale {scale})",
+            g.name
+        );
+    }
+}
+
+fn check_optimizer_runs(name: &str) {
+    let meta = expected_json(&format!("train-{name}"));
+    for run in meta["runs"].as_array().unwrap() {
+        let model = load(name);
+        let b = batch(&model, &meta);
+        let f = |k: &str| run[k].as_f64().unwrap();
+        let method = match run["method"].as_str().unwrap() {
+            "full" => Method::Full,
+            "attention" => Method::Attention,
+            m => panic!("unknown method {m}"),
+        };
+        let optimizer = match run["optimizer"].as_str().unwrap() {
+            "sgd" => Optimizer::Sgd {
+                momentum: f("momentum"),
+                weight_decay: f("weight_decay") as f32,
+            },
+            _ => Optimizer::AdamW {
+                beta1: 0.9,
+                beta2: 0.999,
+                epsilon: 1e-8,
+                weight_decay: f("weight_decay") as f32,
+            },
+        };
+        let mut trainer = Trainer::new(model, method, optimizer);
+        let expected: Vec<f32> = run["losses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let mut ours: Vec<f32> = (0..expected.len() - 1)
+            .map(|_| trainer.step(&b, f("lr")).unwrap())
+            .collect();
+        let model = trainer.into_model().unwrap();
+        ours.push(model.loss(&b, Reduction::Tokens).unwrap().scalar().unwrap());
+        // Optimisation amplifies float error; torch's own float32-vs-float64 distance on
+        // the same run bounds what agreement can mean.
+        let exact: Vec<f32> = run["float64_losses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let tolerance = (2.0 * max_abs_diff(&expected, &exact)).max(1e-4);
+        let diff = max_abs_diff(&ours, &expected);
+        assert!(
+            diff < tolerance,
+            "{name}/{}: step losses {ours:?} vs {expected:?} (tolerance {tolerance})",
+            run["name"]
+        );
+    }
+}
+
+#[test]
+fn batch_matches_the_processor() {
+    check_batch("pg1-tiny");
+    check_batch("pg2-tiny");
+}
+
+#[test]
+fn loss_and_every_gradient_match_transformers_pg1() {
+    check_loss_and_gradients("pg1-tiny");
+}
+
+#[test]
+fn loss_and_every_gradient_match_transformers_pg2() {
+    check_loss_and_gradients("pg2-tiny");
+}
+
+#[test]
+fn sgd_and_adamw_steps_match_torch_pg1() {
+    check_optimizer_runs("pg1-tiny");
+}
+
+#[test]
+fn sgd_and_adamw_steps_match_torch_pg2() {
+    check_optimizer_runs("pg2-tiny");
+}
+
+/// A few dozen steps on a handful of examples memorise them.
+#[test]
+fn fine_tuning_memorises_a_small_batch() {
+    let model = load("pg1-tiny");
+    let meta = expected_json("train-pg1-tiny");
+    let b = batch(&model, &meta);
+    let mut trainer = Trainer::new(model, Method::Full, Optimizer::adamw());
+    let first = trainer.step(&b, 3e-3).unwrap();
+    let mut last = first;
+    for _ in 0..30 {
+        last = trainer.step(&b, 3e-3).unwrap();
+    }
+    assert!(last < first / 10.0, "loss {first} -> {last}");
+    // What was learnt: greedy decoding now writes the first example's suffix.
+    let model = trainer.into_model().unwrap();
+    let ex = &examples(&meta)[0];
+    let out = model
+        .generate(
+            &ex.image,
+            &ex.prefix,
+            &paligemma::GenerateOptions::default(),
+        )
+        .unwrap();
+    assert_eq!(out.text, ex.suffix);
+}
