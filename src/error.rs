@@ -66,6 +66,16 @@ pub enum Error {
     /// The tokenizer could not be loaded or used.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// A line of a training data file is invalid (line 0: the file as a whole).
+    #[error("{}:{line}: {reason}", path.display())]
+    Data {
+        /// The data file.
+        path: PathBuf,
+        /// The 1-based line number.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
     /// An image could not be read or decoded.
     #[error("image: {0}")]
     Image(String),

@@ -26,6 +26,16 @@ pub struct Model<B: Backend> {
     mask_decoder: Option<MaskDecoder<B>>,
     device: B::Device,
     weight_format: WeightFormat,
+    source: Option<Source>,
+}
+
+/// Where a model was loaded from: what saving it copies and keeps.
+#[derive(Debug, Clone)]
+pub(crate) struct Source {
+    /// The checkpoint directory (config, tokenizer and processor files, `vae-oid.npz`).
+    pub dir: std::path::PathBuf,
+    /// The dtype its weights are stored in.
+    pub dtype: Dtype,
 }
 
 /// Image features after the projector, ready to be merged with a prompt; compute once
@@ -47,6 +57,7 @@ impl<B: Backend> Model<B> {
         mask_decoder: Option<MaskDecoder<B>>,
         device: B::Device,
         weight_format: WeightFormat,
+        source: Option<Source>,
     ) -> Self {
         Model {
             config,
@@ -55,7 +66,13 @@ impl<B: Backend> Model<B> {
             mask_decoder,
             device,
             weight_format,
+            source,
         }
+    }
+
+    /// Where the model was loaded from.
+    pub(crate) fn source(&self) -> Option<&Source> {
+        self.source.as_ref()
     }
 
     /// The same model with its network replaced by `f(network)` (training updates).

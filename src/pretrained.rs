@@ -8,7 +8,7 @@ use burn::tensor::backend::Backend;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::model::Model;
+use crate::model::{Model, Source};
 use crate::paligemma::PaliGemma;
 use crate::precision::{Dtype, WeightFormat};
 use crate::segmentation::MaskDecoder;
@@ -96,6 +96,10 @@ impl<B: Backend> Model<B> {
             false => None,
         };
         let network = PaliGemma::load(&store, &config, tokenizer.image_id, device)?;
+        let source = Source {
+            dir: dir.to_path_buf(),
+            dtype: store.stored_dtype("language_model.model.embed_tokens.weight")?,
+        };
         Ok(Model::new(
             config,
             network,
@@ -103,6 +107,7 @@ impl<B: Backend> Model<B> {
             mask_decoder,
             device.clone(),
             store.format(),
+            Some(source),
         ))
     }
 }

@@ -284,6 +284,20 @@ impl WeightStore {
         })
     }
 
+    /// The dtype a tensor is stored in (what a saved fine-tune keeps by default).
+    pub(crate) fn stored_dtype(&self, canonical: &str) -> Result<precision::Dtype> {
+        let raw = self.find(canonical)?;
+        match raw.dtype {
+            Dtype::F32 => Ok(precision::Dtype::F32),
+            Dtype::BF16 => Ok(precision::Dtype::Bf16),
+            Dtype::F16 => Ok(precision::Dtype::F16),
+            other => Err(Error::TensorDtype {
+                name: raw.name.to_string(),
+                dtype: format!("{other:?}"),
+            }),
+        }
+    }
+
     /// Load a tensor with a required shape into the backend, in the store's dtype.
     pub(crate) fn tensor<B: Backend, const D: usize>(
         &self,

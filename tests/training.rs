@@ -230,3 +230,59 @@ fn fine_tuning_memorises_a_small_batch() {
         .unwrap();
     assert_eq!(out.text, ex.suffix);
 }
+
+/// A fine-tuned model saved and loaded again computes the same logits; in the source's
+/// dtype by default (bf16 for the PaliGemma 2 fixture), exactly in f32 when asked.
+#[test]
+fn saved_fine_tune_reloads_with_the_same_logits() {
+    let meta = expected_json("train-pg2-tiny");
+    let model = load("pg2-tiny");
+    let b = batch(&model, &meta);
+    let mut trainer = Trainer::new(model, Method::Full, Optimizer::adamw());
+    for _ in 0..3 {
+        trainer.step(&b, 1e-3).unwrap();
+    }
+    let tuned = trainer.into_model().unwrap();
+    let ex = &examples(&meta)[0];
+    let logits = |m: &Model<Ad>| -> Vec<f32> {
+        let e = m.encode_image(&ex.image).unwrap();
+        let ids = m.prompt_ids(&ex.prefix).unwrap();
+        m.forward_logits(&e.features, &ids)
+            .unwrap()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap()
+    };
+    let before = logits(&tuned);
+    let tmp = tempfile::tempdir().unwrap();
+    let exact = tmp.path().join("f32");
+    tuned
+        .save_pretrained(&exact, Some(paligemma::Dtype::F32))
+        .unwrap();
+    let diff = max_abs_diff(
+        &logits(&Model::<Ad>::from_pretrained(&exact, &Default::default()).unwrap()),
+        &before,
+    );
+    assert!(diff < 1e-5, "f32 save changed logits by {diff}");
+    assert!(exact.join("tokenizer.json").is_file() && exact.join("config.json").is_file());
+
+    let rounded = tmp.path().join("bf16");
+    tuned.save_pretrained(&rounded, None).unwrap();
+    let again = Model::<Ad>::from_pretrained(&rounded, &Default::default()).unwrap();
+    let diff = max_abs_diff(&logits(&again), &before);
+    assert!(
+        diff > 0.0 && diff < 0.5,
+        "bf16 save: logits moved by {diff}"
+    );
+    let size = std::fs::metadata(rounded.join("model.safetensors"))
+        .unwrap()
+        .len();
+    let full = std::fs::metadata(exact.join("model.safetensors"))
+        .unwrap()
+        .len();
+    assert!(size < full * 6 / 10, "bf16 file {size} bytes vs f32 {full}");
+    // An existing directory is refused, and nothing is left behind by a failed save.
+    assert!(tuned.save_pretrained(&rounded, None).is_err());
+    let leftovers = std::fs::read_dir(tmp.path()).unwrap().count();
+    assert_eq!(leftovers, 2);
+}

@@ -142,6 +142,10 @@ pub enum Command {
     Segment(ObjectArgs),
     /// Parse a model output into objects without running the model.
     Parse(ParseArgs),
+    /// The loss of a data file (JSON lines of {"image", "prefix", "suffix"}).
+    Loss(LossArgs),
+    /// Fine-tune on a data file and save the result as a checkpoint directory.
+    Finetune(FinetuneArgs),
 }
 
 impl Command {
@@ -153,7 +157,7 @@ impl Command {
             | Command::Answer { common, .. }
             | Command::Ocr { common } => Some(common),
             Command::Detect(a) | Command::Segment(a) => Some(&mut a.common),
-            Command::Parse(_) => None,
+            Command::Parse(_) | Command::Loss(_) | Command::Finetune(_) => None,
         }
     }
 }
@@ -259,6 +263,91 @@ pub struct ParseArgs {
     #[arg(long, requires = "image")]
     pub out: Option<PathBuf>,
     /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct LossArgs {
+    /// Checkpoint directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// JSON lines of {"image": path relative to the file, "prefix", "suffix"}.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Examples per forward pass (default: the whole file as one batch).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Print one JSON object as the last line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `finetune --method` trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MethodArg {
+    /// Every parameter.
+    Full,
+    /// The decoder's q/k/v/o projections.
+    Attention,
+    /// Low-rank adapters (not available yet).
+    Lora,
+}
+
+/// `finetune --optimizer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OptimizerArg {
+    /// Stochastic gradient descent (torch.optim.SGD).
+    Sgd,
+    /// AdamW (torch.optim.AdamW).
+    Adamw,
+}
+
+#[derive(Args)]
+pub struct FinetuneArgs {
+    /// Checkpoint directory to start from.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Training data: JSON lines of {"image", "prefix", "suffix"}.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Where to write the fine-tuned checkpoint (must not exist).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// What trains.
+    #[arg(long, value_enum, default_value_t = MethodArg::Full)]
+    pub method: MethodArg,
+    /// The optimiser.
+    #[arg(long, value_enum, default_value_t = OptimizerArg::Adamw)]
+    pub optimizer: OptimizerArg,
+    /// Learning rate.
+    #[arg(long, default_value_t = 1e-4)]
+    pub lr: f64,
+    /// Weight decay (AdamW: decoupled; SGD: L2 added to the gradient).
+    #[arg(long)]
+    pub weight_decay: Option<f32>,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.0)]
+    pub momentum: f64,
+    /// Optimiser steps (default: one epoch).
+    #[arg(long, conflicts_with = "epochs")]
+    pub steps: Option<usize>,
+    /// Passes over the data.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Examples per step.
+    #[arg(long, default_value_t = 1)]
+    pub batch_size: usize,
+    /// Keep the file's order instead of shuffling every epoch.
+    #[arg(long)]
+    pub no_shuffle: bool,
+    /// Seed of the shuffle.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Held-out data: its loss is reported after training.
+    #[arg(long)]
+    pub eval: Option<PathBuf>,
+    /// One JSON line per step, then a summary line.
     #[arg(long)]
     pub json: bool,
 }

@@ -28,6 +28,10 @@ pub fn run<B: Backend>(command: Command, device: &B::Device) -> Res<()> {
         Command::Detect(args) => objects::<B>(args, false, device),
         Command::Segment(args) => objects::<B>(args, true, device),
         Command::Parse(args) => parse::<B>(args, device),
+        Command::Loss(args) => crate::train::loss::<B>(&args, device),
+        Command::Finetune(_) => {
+            Err("finetune runs on an autodiff backend; dispatched in main".into())
+        }
     }
 }
 

@@ -18,13 +18,14 @@ mod args;
 mod commands;
 mod draw;
 mod output;
+mod train;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use paligemma::WeightFormat;
 
-use args::{Cli, Device};
+use args::{Cli, Command, Device};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -75,6 +76,9 @@ fn dispatch(mut cli: Cli) -> Res<()> {
         )
         .into())
     };
+    if let Command::Finetune(args) = &cli.command {
+        return finetune(args, cli.device);
+    }
     match cli.device {
         #[cfg(feature = "flex")]
         Device::Cpu => commands::run::<paligemma::backend::Flex>(cli.command, &Default::default()),
@@ -97,5 +101,31 @@ fn dispatch(mut cli: Cli) -> Res<()> {
         ),
         #[cfg(not(feature = "cuda"))]
         Device::Cuda(_) => missing("cuda"),
+    }
+}
+
+/// `finetune` on the autodiff wrapper of the backend `--device` names.
+fn finetune(args: &args::FinetuneArgs, device: Device) -> Res<()> {
+    use burn::backend::Autodiff;
+    match device {
+        #[cfg(feature = "flex")]
+        Device::Cpu => {
+            train::finetune::<Autodiff<paligemma::backend::Flex>>(args, &Default::default())
+        }
+        #[cfg(feature = "ndarray")]
+        Device::Ndarray => {
+            train::finetune::<Autodiff<paligemma::backend::NdArray>>(args, &Default::default())
+        }
+        #[cfg(feature = "wgpu")]
+        Device::Wgpu => {
+            train::finetune::<Autodiff<paligemma::backend::Wgpu>>(args, &Default::default())
+        }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(index) => train::finetune::<Autodiff<paligemma::backend::Cuda>>(
+            args,
+            &burn::backend::cuda::CudaDevice::new(index),
+        ),
+        #[allow(unreachable_patterns)]
+        other => Err(format!("--device {other:?} is not enabled in this build").into()),
     }
 }

@@ -1,0 +1,192 @@
+//! `loss` and `finetune`: the library's training API over JSON-lines data files.
+
+use std::path::Path;
+use std::time::Instant;
+
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use paligemma::Model;
+use paligemma::train::{Example, Method, Optimizer, Reduction, Trainer, read_examples};
+use serde::Serialize;
+
+use crate::Res;
+use crate::args::{FinetuneArgs, LossArgs, MethodArg, OptimizerArg};
+
+/// Read a data file and check that every example becomes a valid batch row before
+/// any work starts; errors name the file and line.
+fn examples<B: Backend>(model: &Model<B>, path: &Path) -> Res<Vec<Example>> {
+    let lines = read_examples(path)?;
+    for (line, ex) in &lines {
+        model
+            .training_batch(std::slice::from_ref(ex))
+            .map_err(|e| format!("{}:{line}: {e}", path.display()))?;
+    }
+    Ok(lines.into_iter().map(|(_, ex)| ex).collect())
+}
+
+#[derive(Serialize)]
+struct LossJson {
+    loss: f64,
+    per_example: Vec<f32>,
+    tokens: usize,
+}
+
+/// The token-weighted loss over `examples` in batches of `batch_size`, with each
+/// example's mean loss; one batch gives transformers' loss of the whole file.
+fn data_loss<B: Backend>(
+    model: &Model<B>,
+    examples: &[Example],
+    batch_size: usize,
+) -> Res<LossJson> {
+    let mut out = LossJson {
+        loss: 0.0,
+        per_example: Vec::with_capacity(examples.len()),
+        tokens: 0,
+    };
+    let mut total = 0.0f64;
+    for chunk in examples.chunks(batch_size.max(1)) {
+        let batch = model.training_batch(chunk)?;
+        let loss = model.loss(&batch, Reduction::Tokens)?;
+        let n = batch.supervised_tokens();
+        total += f64::from(loss.scalar()?) * n as f64;
+        out.tokens += n;
+        out.per_example.extend(loss.per_example()?);
+    }
+    out.loss = total / out.tokens.max(1) as f64;
+    Ok(out)
+}
+
+pub fn loss<B: Backend>(args: &LossArgs, device: &B::Device) -> Res<()> {
+    let model = Model::<B>::from_pretrained(&args.model, device)?;
+    let examples = examples(&model, &args.data)?;
+    let out = data_loss(&model, &examples, args.batch_size.unwrap_or(examples.len()))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&out)?);
+    } else {
+        println!("loss {:.6} over {} tokens", out.loss, out.tokens);
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct StepJson {
+    step: usize,
+    loss: f32,
+    lr: f64,
+}
+
+#[derive(Serialize)]
+struct FinalJson<'a> {
+    final_loss: f64,
+    eval: Option<LossJson>,
+    out: &'a Path,
+}
+
+/// SplitMix64, for a reproducible shuffle.
+fn shuffle<T>(items: &mut [T], seed: u64) {
+    let mut state = seed;
+    let mut next = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    for i in (1..items.len()).rev() {
+        let j = (next() % (i as u64 + 1)) as usize;
+        items.swap(i, j);
+    }
+}
+
+pub fn finetune<B: AutodiffBackend>(args: &FinetuneArgs, device: &B::Device) -> Res<()> {
+    let method = match args.method {
+        MethodArg::Full => Method::Full,
+        MethodArg::Attention => Method::Attention,
+        MethodArg::Lora => {
+            return Err("--method lora is not available yet; use full or attention".into());
+        }
+    };
+    if args.out.exists() {
+        return Err(format!("{} already exists", args.out.display()).into());
+    }
+    let optimizer = match args.optimizer {
+        OptimizerArg::Sgd => Optimizer::Sgd {
+            momentum: args.momentum,
+            weight_decay: args.weight_decay.unwrap_or(0.0),
+        },
+        OptimizerArg::Adamw => match Optimizer::adamw() {
+            Optimizer::AdamW {
+                beta1,
+                beta2,
+                epsilon,
+                weight_decay,
+            } => Optimizer::AdamW {
+                beta1,
+                beta2,
+                epsilon,
+                weight_decay: args.weight_decay.unwrap_or(weight_decay),
+            },
+            other => other,
+        },
+    };
+    let model = Model::<B>::from_pretrained(&args.model, device)?;
+    let train = examples(&model, &args.data)?;
+    let eval = match &args.eval {
+        Some(path) => Some(examples(&model, path)?),
+        None => None,
+    };
+    let batch_size = args.batch_size.max(1);
+    let per_epoch = train.len().div_ceil(batch_size);
+    let steps = args
+        .steps
+        .unwrap_or_else(|| args.epochs.unwrap_or(1) * per_epoch);
+    let mut trainer = Trainer::new(model, method, optimizer);
+    let start = Instant::now();
+    let mut order: Vec<usize> = (0..train.len()).collect();
+    let mut step = 0;
+    let mut epoch = 0u64;
+    while step < steps {
+        if !args.no_shuffle {
+            order.sort_unstable();
+            shuffle(&mut order, args.seed.wrapping_add(epoch));
+        }
+        for chunk in order.chunks(batch_size) {
+            if step == steps {
+                break;
+            }
+            let examples: Vec<Example> = chunk.iter().map(|&i| train[i].clone()).collect();
+            let batch = trainer.model()?.training_batch(&examples)?;
+            let loss = trainer.step(&batch, args.lr)?;
+            step += 1;
+            if args.json {
+                let line = StepJson {
+                    step,
+                    loss,
+                    lr: args.lr,
+                };
+                println!("{}", serde_json::to_string(&line)?);
+            } else {
+                let rate = step as f64 / start.elapsed().as_secs_f64();
+                eprintln!("step {step}/{steps}  loss {loss:.4}  {rate:.2} steps/s");
+            }
+        }
+        epoch += 1;
+    }
+    let model = trainer.into_model()?;
+    let final_loss = data_loss(&model, &train, batch_size)?.loss;
+    let eval = match &eval {
+        Some(examples) => Some(data_loss(&model, examples, batch_size)?),
+        None => None,
+    };
+    model.save_pretrained(&args.out, None)?;
+    let summary = FinalJson {
+        final_loss,
+        eval,
+        out: &args.out,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        eprintln!("final loss {final_loss:.4}; saved {}", args.out.display());
+    }
+    Ok(())
+}

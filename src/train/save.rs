@@ -1,0 +1,221 @@
+//! Saving a (fine-tuned) model as a Hugging Face checkpoint directory that this crate
+//! and transformers load: `model.safetensors` with the hub tensor names, in the
+//! source checkpoint's dtype unless told otherwise, beside copies of its config,
+//! tokenizer and processor files and `vae-oid.npz`.
+//!
+//! The directory is written under a temporary name next to the target and renamed
+//! into place at the end, so a failed save never leaves a half-written checkpoint.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::{Tensor, backend::Backend};
+
+use super::names::checkpoint_name;
+use crate::config::TextArch;
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::precision::Dtype;
+
+/// Files of a checkpoint directory that saving copies when the source has them.
+const COPIED: [&str; 8] = [
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "vae-oid.npz",
+];
+
+/// One parameter to write: its hub name, checkpoint shape and values (still a tensor).
+struct Entry<B: Backend> {
+    name: String,
+    shape: Vec<usize>,
+    values: Tensor<B, 1>,
+}
+
+/// Collects every parameter with its checkpoint name.
+struct Collect<B: Backend> {
+    arch: TextArch,
+    /// `[hidden, channels, patch, patch]`: the patch embedding's shape in checkpoints.
+    patch_shape: Vec<usize>,
+    path: Vec<String>,
+    out: Vec<Entry<B>>,
+    error: Option<Error>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for Collect<B> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let Some(name) = checkpoint_name(&self.path, self.arch) else {
+            self.error.get_or_insert(Error::Backend(format!(
+                "parameter {} has no checkpoint name",
+                self.path.join(".")
+            )));
+            return;
+        };
+        let value = param.val();
+        let shape = if name.ends_with("patch_embedding.weight") {
+            self.patch_shape.clone()
+        } else {
+            value.dims().to_vec()
+        };
+        self.out.push(Entry {
+            name,
+            shape,
+            values: value.flatten::<1>(0, D - 1),
+        });
+    }
+}
+
+impl<B: Backend> Model<B> {
+    /// Write the model as a checkpoint directory `dir` (which must not exist yet), with
+    /// weights in `dtype` (`None`: the dtype of the checkpoint it was loaded from).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use paligemma::{Model, backend::Cpu};
+    /// let model = Model::<Cpu>::from_pretrained("tests/fixtures/pg1-tiny", &Default::default())?;
+    /// let dir = tempfile::tempdir()?;
+    /// let out = dir.path().join("copy");
+    /// model.save_pretrained(&out, None)?;
+    /// let again = Model::<Cpu>::from_pretrained(&out, &Default::default())?;
+    /// assert_eq!(again.config(), model.config());
+    /// # Ok(()) }
+    /// ```
+    pub fn save_pretrained(&self, dir: impl AsRef<Path>, dtype: Option<Dtype>) -> Result<()> {
+        let dir = dir.as_ref();
+        if self.weight_format().is_host() {
+            return Err(Error::Unsupported(format!(
+                "a model with {} host weights cannot be saved; load it with WeightFormat::Backend",
+                self.weight_format()
+            )));
+        }
+        if dir.exists() {
+            return Err(Error::Io {
+                path: dir.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "the output directory already exists",
+                ),
+            });
+        }
+        let source = self.source();
+        let dtype = dtype.or(source.map(|s| s.dtype)).unwrap_or(Dtype::F32);
+        let tmp = temporary_sibling(dir)?;
+        let written = (|| {
+            std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+            if let Some(source) = source {
+                for name in COPIED {
+                    let from = source.dir.join(name);
+                    if from.is_file() {
+                        let to = tmp.join(name);
+                        std::fs::copy(&from, &to).map_err(|e| Error::io(&to, e))?;
+                    }
+                }
+            }
+            self.write_weights(&tmp.join("model.safetensors"), dtype)
+        })();
+        let renamed =
+            written.and_then(|()| std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e)));
+        if renamed.is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        renamed
+    }
+
+    /// Stream every parameter into one safetensors file, one tensor in host memory at
+    /// a time.
+    fn write_weights(&self, path: &Path, dtype: Dtype) -> Result<()> {
+        let c = &self.config().vision;
+        let mut collect = Collect {
+            arch: self.config().text.arch,
+            patch_shape: vec![c.hidden_size, c.num_channels, c.patch_size, c.patch_size],
+            path: Vec::new(),
+            out: Vec::new(),
+            error: None,
+        };
+        self.network().visit(&mut collect);
+        if let Some(e) = collect.error {
+            return Err(e);
+        }
+        let mut entries = collect.out;
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        let (tag, width) = match dtype {
+            Dtype::F32 => ("F32", 4),
+            Dtype::F16 => ("F16", 2),
+            Dtype::Bf16 => ("BF16", 2),
+        };
+        let mut header = serde_json::Map::new();
+        header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
+        let mut offset = 0usize;
+        for e in &entries {
+            let bytes = e.shape.iter().product::<usize>() * width;
+            header.insert(
+                e.name.clone(),
+                serde_json::json!({"dtype": tag, "shape": e.shape, "data_offsets": [offset, offset + bytes]}),
+            );
+            offset += bytes;
+        }
+        let mut header = serde_json::to_vec(&header)
+            .map_err(|e| Error::Backend(format!("writing the safetensors header: {e}")))?;
+        // The data starts 8-byte aligned, as the format recommends.
+        while header.len() % 8 != 0 {
+            header.push(b' ');
+        }
+        let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+        let mut out = std::io::BufWriter::new(file);
+        let io = |e| Error::io(path, e);
+        out.write_all(&(header.len() as u64).to_le_bytes())
+            .map_err(io)?;
+        out.write_all(&header).map_err(io)?;
+        for e in entries {
+            let values = e
+                .values
+                .into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .map_err(|err| Error::Backend(format!("reading {}: {err:?}", e.name)))?;
+            let mut bytes = Vec::with_capacity(values.len() * width);
+            for v in values {
+                match dtype {
+                    Dtype::F32 => bytes.extend(v.to_le_bytes()),
+                    Dtype::F16 => bytes.extend(half::f16::from_f32(v).to_le_bytes()),
+                    Dtype::Bf16 => bytes.extend(half::bf16::from_f32(v).to_le_bytes()),
+                }
+            }
+            out.write_all(&bytes).map_err(io)?;
+        }
+        out.flush().map_err(io)?;
+        out.into_inner()
+            .map_err(|e| io(e.into_error()))?
+            .sync_all()
+            .map_err(io)
+    }
+}
+
+/// A fresh name beside `dir` for writing before the final rename.
+fn temporary_sibling(dir: &Path) -> Result<PathBuf> {
+    let name = dir
+        .file_name()
+        .ok_or_else(|| Error::Io {
+            path: dir.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the output path has no directory name",
+            ),
+        })?
+        .to_string_lossy();
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    Ok(parent.join(format!(".{name}.partial-{}", std::process::id())))
+}
