@@ -107,6 +107,51 @@ def run_optimizer(name: str, run: dict, inputs, dtype=torch.float32) -> list:
     return losses
 
 
+LORA = {"r": 4, "lora_alpha": 8, "seed": 3, "b_std": 0.2, "lr": 2e-3, "steps": 2,
+        "target_modules": r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"}
+
+
+def lora_fixture(name: str, inputs) -> dict:
+    """A PEFT LoRA model (adapters on the decoder's projections, B made non-zero so it
+    changes the output) saved as an adapter directory, with its loss, the gradients of
+    every adapter weight and the losses of a few AdamW steps on the adapters."""
+    from peft import LoraConfig, get_peft_model
+    model, _ = load(name)
+    config = LoraConfig(r=LORA["r"], lora_alpha=LORA["lora_alpha"], lora_dropout=0.0,
+                        target_modules=LORA["target_modules"], bias="none")
+    torch.manual_seed(LORA["seed"])
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0.0, LORA["b_std"])
+    out_dir = ROOT / f"lora-{name}"
+    peft_model.save_pretrained(out_dir)
+    # Machine-independent files: the base model by its fixture name, no model card.
+    (out_dir / "README.md").unlink(missing_ok=True)
+    config_path = out_dir / "adapter_config.json"
+    adapter_config = json.loads(config_path.read_text())
+    adapter_config["base_model_name_or_path"] = f"../{name}"
+    config_path.write_text(json.dumps(adapter_config, indent=2, sort_keys=True))
+    loss = peft_model(**inputs).loss
+    loss.backward()
+    # Keyed as in the adapter file (PEFT drops the adapter name ".default" when saving).
+    grads = {n.replace(".default", ""): p.grad.detach().float().contiguous()
+             for n, p in peft_model.named_parameters() if p.requires_grad}
+    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=LORA["lr"])
+    losses = []
+    for _ in range(LORA["steps"]):
+        opt.zero_grad()
+        step_loss = peft_model(**inputs).loss
+        losses.append(float(step_loss.detach()))
+        step_loss.backward()
+        opt.step()
+    with torch.no_grad():
+        losses.append(float(peft_model(**inputs).loss))
+    return {"loss": float(loss.detach()), "grads": grads, "adamw_losses": losses,
+            "adapter_dir": out_dir.name, **{k: v for k, v in LORA.items()}}
+
+
 def fixture(name: str):
     model, processor = load(name)
     inputs = batch(processor)
@@ -140,6 +185,10 @@ def fixture(name: str):
                 "float64_losses: the same run in float64, whose distance to the float32 run is torch's own "
                 "float error on it.",
     }
+    lora = lora_fixture(name, inputs)
+    for k, g in lora.pop("grads").items():
+        tensors[f"lora_grad.{k}"] = g
+    meta["lora"] = lora
     save_file(tensors, EXPECTED / f"train-{name}.safetensors")
     (EXPECTED / f"train-{name}.json").write_text(json.dumps(meta, indent=1))
     return meta

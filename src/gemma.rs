@@ -195,6 +195,51 @@ impl<B: Backend> Decoder<B> {
         self.norm.forward(x)
     }
 
+    /// Every layer's projections with their names (`q`, `k`, `v`, `o`, `gate`, `up`, `down`).
+    pub(crate) fn projections(&self) -> Vec<(usize, &'static str, &Linear<B>)> {
+        self.layers
+            .iter()
+            .enumerate()
+            .flat_map(|(i, l)| {
+                [
+                    ("q", &l.q),
+                    ("k", &l.k),
+                    ("v", &l.v),
+                    ("o", &l.o),
+                    ("gate", &l.gate),
+                    ("up", &l.up),
+                    ("down", &l.down),
+                ]
+                .map(|(name, lin)| (i, name, lin))
+            })
+            .collect()
+    }
+
+    /// The decoder with `f(layer, name, projection)` applied to every projection.
+    pub(crate) fn try_map_projections(
+        self,
+        mut f: impl FnMut(usize, &'static str, Linear<B>) -> Result<Linear<B>>,
+    ) -> Result<Self> {
+        let layers = self
+            .layers
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| {
+                Ok(DecoderLayer {
+                    q: f(i, "q", l.q)?,
+                    k: f(i, "k", l.k)?,
+                    v: f(i, "v", l.v)?,
+                    o: f(i, "o", l.o)?,
+                    gate: f(i, "gate", l.gate)?,
+                    up: f(i, "up", l.up)?,
+                    down: f(i, "down", l.down)?,
+                    ..l
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Decoder { layers, ..self })
+    }
+
     /// The compute dtype of weights and activations.
     pub fn dtype(&self) -> Dtype {
         self.dtype

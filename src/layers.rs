@@ -7,6 +7,7 @@ use burn::tensor::{FloatDType, Int, Tensor, TensorData, TensorPrimitive, backend
 
 use crate::cpu::{self, HostMatrix};
 use crate::error::Result;
+use crate::lora::Lora;
 use crate::weights::WeightStore;
 
 /// A dense layer holding the checkpoint's `[out, in]` weight; it multiplies by a
@@ -21,6 +22,8 @@ pub struct Linear<B: Backend> {
     bias: Option<Param<Tensor<B, 1>>>,
     #[module(skip)]
     host: Option<HostWeight>,
+    /// A low-rank adapter added to the output (fine-tuning with LoRA).
+    lora: Option<Lora<B>>,
 }
 
 /// A host-memory weight and its f32 bias.
@@ -37,6 +40,7 @@ impl<B: Backend> Linear<B> {
             weight: Some(Param::from_tensor(weight)),
             bias: bias.map(Param::from_tensor),
             host: None,
+            lora: None,
         }
     }
 
@@ -61,6 +65,7 @@ impl<B: Backend> Linear<B> {
                 weight: None,
                 bias: None,
                 host: Some(HostWeight { matrix, bias }),
+                lora: None,
             });
         }
         let bias = match bias {
@@ -73,8 +78,19 @@ impl<B: Backend> Linear<B> {
         ))
     }
 
-    /// `x @ W^T + b` over the last dimension.
+    /// `x @ W^T + b` over the last dimension, plus the adapter's output when there is one.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        match &self.lora {
+            Some(lora) => {
+                let delta = lora.forward(x.clone());
+                self.base(x) + delta
+            }
+            None => self.base(x),
+        }
+    }
+
+    /// The layer without its adapter.
+    fn base<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         if let Some(h) = &self.host {
             let (x, mut dims, device) = to_host(x);
             let w = &h.matrix;
@@ -110,6 +126,44 @@ impl<B: Backend> Linear<B> {
         match &self.weight {
             Some(w) => w.val(),
             None => unreachable!("a Linear holds a backend or a host weight"),
+        }
+    }
+
+    /// `[out, in]`: outputs and inputs.
+    pub fn dims(&self) -> [usize; 2] {
+        match &self.host {
+            Some(h) => [h.matrix.rows(), h.matrix.cols()],
+            None => self.weight_tensor().dims(),
+        }
+    }
+
+    /// The layer with `lora` added; host-memory weights cannot take an adapter.
+    pub(crate) fn with_lora(self, lora: Lora<B>) -> Result<Self> {
+        if self.host.is_some() {
+            return Err(crate::error::Error::Unsupported(
+                "LoRA needs backend weights (WeightFormat::Backend)".into(),
+            ));
+        }
+        Ok(Linear {
+            lora: Some(lora),
+            ..self
+        })
+    }
+
+    /// The adapter, when there is one.
+    pub(crate) fn lora(&self) -> Option<&Lora<B>> {
+        self.lora.as_ref()
+    }
+
+    /// The adapter folded into the weight: the same function as a plain layer.
+    pub(crate) fn merged(self) -> Self {
+        match (&self.lora, &self.weight) {
+            (Some(lora), Some(w)) => Linear {
+                weight: Some(Param::from_tensor((w.val() + lora.delta()).detach())),
+                lora: None,
+                ..self
+            },
+            _ => self,
         }
     }
 

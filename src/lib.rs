@@ -47,6 +47,7 @@ mod gemma;
 mod generate;
 mod kv_cache;
 mod layers;
+mod lora;
 mod model;
 mod npz;
 mod paligemma;

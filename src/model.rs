@@ -83,6 +83,17 @@ impl<B: Backend> Model<B> {
         }
     }
 
+    /// [`Model::map_network`] with a fallible `f`.
+    pub(crate) fn try_map_network(
+        self,
+        f: impl FnOnce(PaliGemma<B>) -> Result<PaliGemma<B>>,
+    ) -> Result<Self> {
+        Ok(Model {
+            network: f(self.network)?,
+            ..self
+        })
+    }
+
     /// The model's configuration.
     pub fn config(&self) -> &Config {
         &self.config

@@ -95,6 +95,17 @@ impl<B: Backend> PaliGemma<B> {
         &self.decoder
     }
 
+    /// The network with its decoder replaced by `f(decoder)`.
+    pub(crate) fn try_map_decoder(
+        self,
+        f: impl FnOnce(Decoder<B>) -> Result<Decoder<B>>,
+    ) -> Result<Self> {
+        Ok(PaliGemma {
+            decoder: f(self.decoder)?,
+            ..self
+        })
+    }
+
     /// Vision tower and projector: `[batch, 3, s, s]` pixels to `[batch, tokens, hidden]`
     /// features, unscaled (as transformers 5.x and big_vision feed them to the decoder).
     pub fn image_features(&self, pixels: Tensor<B, 4>) -> Tensor<B, 3> {

@@ -149,7 +149,7 @@ fn check_optimizer_runs(name: &str) {
                 weight_decay: f("weight_decay") as f32,
             },
         };
-        let mut trainer = Trainer::new(model, method, optimizer);
+        let mut trainer = Trainer::new(model, method, optimizer).unwrap();
         let expected: Vec<f32> = run["losses"]
             .as_array()
             .unwrap()
@@ -211,7 +211,7 @@ fn fine_tuning_memorises_a_small_batch() {
     let model = load("pg1-tiny");
     let meta = expected_json("train-pg1-tiny");
     let b = batch(&model, &meta);
-    let mut trainer = Trainer::new(model, Method::Full, Optimizer::adamw());
+    let mut trainer = Trainer::new(model, Method::Full, Optimizer::adamw()).unwrap();
     let first = trainer.step(&b, 3e-3).unwrap();
     let mut last = first;
     for _ in 0..30 {
@@ -238,7 +238,7 @@ fn saved_fine_tune_reloads_with_the_same_logits() {
     let meta = expected_json("train-pg2-tiny");
     let model = load("pg2-tiny");
     let b = batch(&model, &meta);
-    let mut trainer = Trainer::new(model, Method::Full, Optimizer::adamw());
+    let mut trainer = Trainer::new(model, Method::Full, Optimizer::adamw()).unwrap();
     for _ in 0..3 {
         trainer.step(&b, 1e-3).unwrap();
     }
@@ -285,4 +285,103 @@ fn saved_fine_tune_reloads_with_the_same_logits() {
     assert!(tuned.save_pretrained(&rounded, None).is_err());
     let leftovers = std::fs::read_dir(tmp.path()).unwrap().count();
     assert_eq!(leftovers, 2);
+}
+
+/// PEFT's LoRA: an adapter saved by peft loads onto the base model and gives peft's
+/// loss and adapter gradients; AdamW steps on the adapters follow torch's.
+fn check_lora(name: &str) {
+    let meta = expected_json(&format!("train-{name}"));
+    let t = expected_tensors(&format!("train-{name}"));
+    let lora = &meta["lora"];
+    let adapter = fixtures().join(lora["adapter_dir"].as_str().unwrap());
+    let model = load(name).with_lora_adapter(&adapter).unwrap();
+    let config = paligemma::train::LoraConfig {
+        rank: lora["r"].as_u64().unwrap() as usize,
+        alpha: lora["lora_alpha"].as_f64().unwrap() as f32,
+        ..Default::default()
+    };
+    let model = model.with_trainable(Method::Lora(config));
+    let b = batch(&model, &meta);
+    let loss = model.loss(&b, Reduction::Tokens).unwrap();
+    let (ours, theirs) = (
+        loss.scalar().unwrap(),
+        lora["loss"].as_f64().unwrap() as f32,
+    );
+    assert!(
+        ((ours - theirs) / theirs).abs() < 1e-5,
+        "{name}: LoRA loss {ours} vs {theirs}"
+    );
+    let grads = loss.value.backward();
+    let named = model.named_gradients(&grads).unwrap();
+    let expected = t.keys().filter(|k| k.starts_with("lora_grad.")).count();
+    assert_eq!(
+        named.len(),
+        expected,
+        "{name}: only the adapters have gradients"
+    );
+    for g in &named {
+        let e = &t[&format!("lora_grad.{}", g.name)];
+        let scale = e.data.iter().fold(1f32, |m, v| m.max(v.abs()));
+        let diff = max_abs_diff(&g.values, &e.data);
+        assert!(
+            diff / scale < 1e-4,
+            "{name}: gradient of {} differs by {diff}",
+            g.name
+        );
+    }
+
+    let mut trainer = Trainer::new(model, Method::Lora(config), Optimizer::adamw()).unwrap();
+    let lr = lora["lr"].as_f64().unwrap();
+    let expected: Vec<f32> = lora["adamw_losses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    let mut ours: Vec<f32> = (0..expected.len() - 1)
+        .map(|_| trainer.step(&b, lr).unwrap())
+        .collect();
+    let model = trainer.into_model().unwrap();
+    ours.push(model.loss(&b, Reduction::Tokens).unwrap().scalar().unwrap());
+    let diff = max_abs_diff(&ours, &expected);
+    assert!(
+        diff < 1e-4,
+        "{name}: LoRA AdamW losses {ours:?} vs {expected:?}"
+    );
+
+    // Merged weights compute the same loss; saved adapters load back to the same loss.
+    let tuned = model.loss(&b, Reduction::Tokens).unwrap().scalar().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("adapter");
+    model.save_lora_adapter(&dir).unwrap();
+    let reloaded = load(name).with_lora_adapter(&dir).unwrap();
+    let again = reloaded
+        .loss(&b, Reduction::Tokens)
+        .unwrap()
+        .scalar()
+        .unwrap();
+    assert!(
+        (again - tuned).abs() < 1e-5,
+        "{name}: reloaded adapter {again} vs {tuned}"
+    );
+    let merged = model.merge_lora().unwrap();
+    let m = merged
+        .loss(&b, Reduction::Tokens)
+        .unwrap()
+        .scalar()
+        .unwrap();
+    assert!(
+        (m - tuned).abs() < 1e-4,
+        "{name}: merged {m} vs adapters {tuned}"
+    );
+}
+
+#[test]
+fn lora_matches_peft_pg1() {
+    check_lora("pg1-tiny");
+}
+
+#[test]
+fn lora_matches_peft_pg2() {
+    check_lora("pg2-tiny");
 }

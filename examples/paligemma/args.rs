@@ -290,7 +290,7 @@ pub enum MethodArg {
     Full,
     /// The decoder's q/k/v/o projections.
     Attention,
-    /// Low-rank adapters (not available yet).
+    /// Low-rank adapters on the decoder's projections (PEFT's LoRA).
     Lora,
 }
 
@@ -317,6 +317,12 @@ pub struct FinetuneArgs {
     /// What trains.
     #[arg(long, value_enum, default_value_t = MethodArg::Full)]
     pub method: MethodArg,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 8)]
+    pub lora_rank: usize,
+    /// LoRA alpha (adapters scale by alpha / rank).
+    #[arg(long, default_value_t = 16.0)]
+    pub lora_alpha: f32,
     /// The optimiser.
     #[arg(long, value_enum, default_value_t = OptimizerArg::Adamw)]
     pub optimizer: OptimizerArg,

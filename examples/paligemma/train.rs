@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use paligemma::Model;
-use paligemma::train::{Example, Method, Optimizer, Reduction, Trainer, read_examples};
+use paligemma::train::{Example, LoraConfig, Method, Optimizer, Reduction, Trainer, read_examples};
 use serde::Serialize;
 
 use crate::Res;
@@ -101,9 +101,12 @@ pub fn finetune<B: AutodiffBackend>(args: &FinetuneArgs, device: &B::Device) -> 
     let method = match args.method {
         MethodArg::Full => Method::Full,
         MethodArg::Attention => Method::Attention,
-        MethodArg::Lora => {
-            return Err("--method lora is not available yet; use full or attention".into());
-        }
+        MethodArg::Lora => Method::Lora(LoraConfig {
+            rank: args.lora_rank,
+            alpha: args.lora_alpha,
+            seed: args.seed,
+            ..Default::default()
+        }),
     };
     if args.out.exists() {
         return Err(format!("{} already exists", args.out.display()).into());
@@ -139,7 +142,7 @@ pub fn finetune<B: AutodiffBackend>(args: &FinetuneArgs, device: &B::Device) -> 
     let steps = args
         .steps
         .unwrap_or_else(|| args.epochs.unwrap_or(1) * per_epoch);
-    let mut trainer = Trainer::new(model, method, optimizer);
+    let mut trainer = Trainer::new(model, method, optimizer)?;
     let start = Instant::now();
     let mut order: Vec<usize> = (0..train.len()).collect();
     let mut step = 0;
@@ -177,7 +180,22 @@ pub fn finetune<B: AutodiffBackend>(args: &FinetuneArgs, device: &B::Device) -> 
         Some(examples) => Some(data_loss(&model, examples, batch_size)?),
         None => None,
     };
-    model.save_pretrained(&args.out, None)?;
+    if model.has_lora() {
+        // The merged weights in `out`, the adapter alone in `out/adapter`, written
+        // once the merged checkpoint is in place.
+        let adapter =
+            std::env::temp_dir().join(format!("paligemma-adapter-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&adapter);
+        model.save_lora_adapter(&adapter)?;
+        model.merge_lora()?.save_pretrained(&args.out, None)?;
+        let target = args.out.join("adapter");
+        if std::fs::rename(&adapter, &target).is_err() {
+            copy_dir(&adapter, &target)?;
+            let _ = std::fs::remove_dir_all(&adapter);
+        }
+    } else {
+        model.save_pretrained(&args.out, None)?;
+    }
     let summary = FinalJson {
         final_loss,
         eval,
@@ -187,6 +205,16 @@ pub fn finetune<B: AutodiffBackend>(args: &FinetuneArgs, device: &B::Device) -> 
         println!("{}", serde_json::to_string(&summary)?);
     } else {
         eprintln!("final loss {final_loss:.4}; saved {}", args.out.display());
+    }
+    Ok(())
+}
+
+/// Copy the files of `from` into a new directory `to` (across file systems).
+fn copy_dir(from: &Path, to: &Path) -> Res<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), to.join(entry.file_name()))?;
     }
     Ok(())
 }

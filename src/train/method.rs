@@ -4,16 +4,19 @@
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Tensor, backend::AutodiffBackend};
 
+use super::lora::LoraConfig;
 use crate::model::Model;
 
 /// Which parameters a fine-tune updates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum Method {
     /// Every parameter: vision tower, projector and decoder.
     #[default]
     Full,
     /// The decoder's `q`, `k`, `v` and `o` projections only.
     Attention,
+    /// Low-rank adapters (added by the trainer), everything else frozen.
+    Lora(LoraConfig),
 }
 
 impl Method {
@@ -26,6 +29,7 @@ impl Method {
                     if decoder == "decoder" && layers == "layers"
                         && matches!(proj.as_str(), "q" | "k" | "v" | "o"))
             }
+            Method::Lora(_) => path.iter().any(|p| p == "lora"),
         }
     }
 }

@@ -8,6 +8,7 @@
 
 mod batch;
 mod data;
+mod lora;
 mod loss;
 mod method;
 mod names;
@@ -16,6 +17,7 @@ mod trainer;
 
 pub use batch::{Batch, Example};
 pub use data::read_examples;
+pub use lora::{LoraConfig, LoraTargets};
 pub use loss::{Loss, Reduction};
 pub use method::Method;
 pub use names::NamedTensor;

@@ -10,7 +10,8 @@ use crate::error::{Error, Result};
 use crate::model::Model;
 
 /// The hub-layout name of the parameter at `path` (e.g. `["decoder", "layers", "3",
-/// "q", "weight"]`), or `None` for a path that is not a checkpoint tensor.
+/// "q", "weight"]`; PEFT's key for a LoRA matrix), or `None` for a path that is not a
+/// checkpoint tensor.
 pub(crate) fn checkpoint_name(path: &[String], arch: TextArch) -> Option<String> {
     let p: Vec<&str> = path.iter().map(String::as_str).collect();
     let norm = |field: &str| match field {
@@ -42,6 +43,10 @@ pub(crate) fn checkpoint_name(path: &[String], arch: TextArch) -> Option<String>
         ["projector", f] => format!("multi_modal_projector.linear.{f}"),
         ["decoder", "embed", "weight"] => "language_model.model.embed_tokens.weight".into(),
         ["decoder", "norm", "weight"] => "language_model.model.norm.weight".into(),
+        ["decoder", "layers", i, proj, "lora", m] => {
+            let which = if *m == "a" { "A" } else { "B" };
+            return super::lora::peft_key(i.parse().ok()?, proj, arch, which).ok();
+        }
         ["decoder", "layers", i, layer, f] => {
             let pre = format!("language_model.model.layers.{i}");
             let gemma2 = arch == TextArch::Gemma2;

@@ -30,11 +30,11 @@ const COPIED: [&str; 8] = [
     "vae-oid.npz",
 ];
 
-/// One parameter to write: its hub name, checkpoint shape and values (still a tensor).
-struct Entry<B: Backend> {
-    name: String,
-    shape: Vec<usize>,
-    values: Tensor<B, 1>,
+/// One tensor to write: its name, checkpoint shape and values (still a tensor).
+pub(crate) struct Entry<B: Backend> {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub values: Tensor<B, 1>,
 }
 
 /// Collects every parameter with its checkpoint name.
@@ -134,8 +134,7 @@ impl<B: Backend> Model<B> {
         renamed
     }
 
-    /// Stream every parameter into one safetensors file, one tensor in host memory at
-    /// a time.
+    /// Every parameter into one safetensors file.
     fn write_weights(&self, path: &Path, dtype: Dtype) -> Result<()> {
         let c = &self.config().vision;
         let mut collect = Collect {
@@ -149,59 +148,68 @@ impl<B: Backend> Model<B> {
         if let Some(e) = collect.error {
             return Err(e);
         }
-        let mut entries = collect.out;
-        entries.sort_by(|a, b| a.name.cmp(&b.name));
-        let (tag, width) = match dtype {
-            Dtype::F32 => ("F32", 4),
-            Dtype::F16 => ("F16", 2),
-            Dtype::Bf16 => ("BF16", 2),
-        };
-        let mut header = serde_json::Map::new();
-        header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
-        let mut offset = 0usize;
-        for e in &entries {
-            let bytes = e.shape.iter().product::<usize>() * width;
-            header.insert(
+        write_safetensors(path, collect.out, dtype)
+    }
+}
+
+/// Stream `entries` into a safetensors file in `dtype`, sorted by name, one tensor in
+/// host memory at a time.
+pub(crate) fn write_safetensors<B: Backend>(
+    path: &Path,
+    mut entries: Vec<Entry<B>>,
+    dtype: Dtype,
+) -> Result<()> {
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    let (tag, width) = match dtype {
+        Dtype::F32 => ("F32", 4),
+        Dtype::F16 => ("F16", 2),
+        Dtype::Bf16 => ("BF16", 2),
+    };
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
+    let mut offset = 0usize;
+    for e in &entries {
+        let bytes = e.shape.iter().product::<usize>() * width;
+        header.insert(
                 e.name.clone(),
                 serde_json::json!({"dtype": tag, "shape": e.shape, "data_offsets": [offset, offset + bytes]}),
             );
-            offset += bytes;
-        }
-        let mut header = serde_json::to_vec(&header)
-            .map_err(|e| Error::Backend(format!("writing the safetensors header: {e}")))?;
-        // The data starts 8-byte aligned, as the format recommends.
-        while header.len() % 8 != 0 {
-            header.push(b' ');
-        }
-        let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
-        let mut out = std::io::BufWriter::new(file);
-        let io = |e| Error::io(path, e);
-        out.write_all(&(header.len() as u64).to_le_bytes())
-            .map_err(io)?;
-        out.write_all(&header).map_err(io)?;
-        for e in entries {
-            let values = e
-                .values
-                .into_data()
-                .convert::<f32>()
-                .into_vec::<f32>()
-                .map_err(|err| Error::Backend(format!("reading {}: {err:?}", e.name)))?;
-            let mut bytes = Vec::with_capacity(values.len() * width);
-            for v in values {
-                match dtype {
-                    Dtype::F32 => bytes.extend(v.to_le_bytes()),
-                    Dtype::F16 => bytes.extend(half::f16::from_f32(v).to_le_bytes()),
-                    Dtype::Bf16 => bytes.extend(half::bf16::from_f32(v).to_le_bytes()),
-                }
-            }
-            out.write_all(&bytes).map_err(io)?;
-        }
-        out.flush().map_err(io)?;
-        out.into_inner()
-            .map_err(|e| io(e.into_error()))?
-            .sync_all()
-            .map_err(io)
+        offset += bytes;
     }
+    let mut header = serde_json::to_vec(&header)
+        .map_err(|e| Error::Backend(format!("writing the safetensors header: {e}")))?;
+    // The data starts 8-byte aligned, as the format recommends.
+    while header.len() % 8 != 0 {
+        header.push(b' ');
+    }
+    let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+    let mut out = std::io::BufWriter::new(file);
+    let io = |e| Error::io(path, e);
+    out.write_all(&(header.len() as u64).to_le_bytes())
+        .map_err(io)?;
+    out.write_all(&header).map_err(io)?;
+    for e in entries {
+        let values = e
+            .values
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .map_err(|err| Error::Backend(format!("reading {}: {err:?}", e.name)))?;
+        let mut bytes = Vec::with_capacity(values.len() * width);
+        for v in values {
+            match dtype {
+                Dtype::F32 => bytes.extend(v.to_le_bytes()),
+                Dtype::F16 => bytes.extend(half::f16::from_f32(v).to_le_bytes()),
+                Dtype::Bf16 => bytes.extend(half::bf16::from_f32(v).to_le_bytes()),
+            }
+        }
+        out.write_all(&bytes).map_err(io)?;
+    }
+    out.flush().map_err(io)?;
+    out.into_inner()
+        .map_err(|e| io(e.into_error()))?
+        .sync_all()
+        .map_err(io)
 }
 
 /// A fresh name beside `dir` for writing before the final rename.

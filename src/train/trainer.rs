@@ -76,7 +76,7 @@ enum State<B: AutodiffBackend> {
 /// let model = Model::<Autodiff<Cpu>>::from_pretrained("tests/fixtures/pg1-tiny", &Default::default())?;
 /// let image = paligemma::load_image("tests/fixtures/images/photo.png")?;
 /// let batch = model.training_batch(&[Example::new(image, "caption en", "a photo")])?;
-/// let mut trainer = Trainer::new(model, Method::Attention, Optimizer::adamw());
+/// let mut trainer = Trainer::new(model, Method::Attention, Optimizer::adamw())?;
 /// let first = trainer.step(&batch, 1e-3)?;
 /// for _ in 0..4 {
 ///     trainer.step(&batch, 1e-3)?;
@@ -92,7 +92,13 @@ pub struct Trainer<B: AutodiffBackend> {
 
 impl<B: AutodiffBackend> Trainer<B> {
     /// Train the parameters `method` selects with `optimizer`, on transformers' loss.
-    pub fn new(model: Model<B>, method: Method, optimizer: Optimizer) -> Self {
+    /// With [`Method::Lora`], fresh adapters are added first unless the model already
+    /// has some (loaded with `Model::with_lora_adapter`), which then train.
+    pub fn new(model: Model<B>, method: Method, optimizer: Optimizer) -> Result<Self> {
+        let model = match method {
+            Method::Lora(config) if !model.has_lora() => model.with_lora(&config)?,
+            _ => model,
+        };
         let state = match optimizer {
             Optimizer::Sgd {
                 momentum,
@@ -123,11 +129,11 @@ impl<B: AutodiffBackend> Trainer<B> {
                     .init(),
             ),
         };
-        Trainer {
+        Ok(Trainer {
             model: Some(model.with_trainable(method)),
             optimizer: state,
             reduction: Reduction::Tokens,
-        }
+        })
     }
 
     /// Average the loss per example instead of per token (big_vision's colab).
