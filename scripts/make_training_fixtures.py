@@ -39,6 +39,10 @@ RUNS = [
      "weight_decay": 0.0},
     {"name": "adamw_full", "method": "full", "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01},
     {"name": "adamw_attention", "method": "attention", "optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.01},
+    # transformers' cosine schedule with warmup (step 0 at rate 0), torch's global
+    # gradient-norm clipping, and two micro-batches accumulated into each step.
+    {"name": "adamw_full_clip_cosine_accum", "method": "full", "optimizer": "adamw", "lr": 3e-3,
+     "weight_decay": 0.01, "clip_norm": 0.5, "schedule": "cosine", "warmup": 1, "micro_batches": [[0, 1], [2]]},
 ]
 
 
@@ -68,9 +72,9 @@ def load(name: str):
     return model, load_processor(path, size)
 
 
-def batch(processor):
-    return processor(text=[p for _, p, _ in EXAMPLES], images=[Image.open(IMAGES / f) for f, _, _ in EXAMPLES],
-                     suffix=[s for _, _, s in EXAMPLES], padding="longest", return_tensors="pt")
+def batch(processor, examples=EXAMPLES):
+    return processor(text=[p for _, p, _ in examples], images=[Image.open(IMAGES / f) for f, _, _ in examples],
+                     suffix=[s for _, _, s in examples], padding="longest", return_tensors="pt")
 
 
 def per_example_losses(logits, labels):
@@ -82,9 +86,16 @@ def per_example_losses(logits, labels):
 
 
 def run_optimizer(name: str, run: dict, inputs, dtype=torch.float32) -> list:
-    model, _ = load(name)
+    from transformers import get_cosine_schedule_with_warmup
+    model, processor = load(name)
     model = model.to(dtype)
-    inputs = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in inputs.items()}
+    cast = lambda b: {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in b.items()}
+    inputs = cast(inputs)
+    # Micro-batches are processed on their own (their own padding), each loss weighted
+    # by its share of the supervised tokens.
+    micro = [cast(batch(processor, [EXAMPLES[i] for i in group])) for group in run.get("micro_batches", [])]
+    shares = [int((m["labels"][:, 1:] != -100).sum()) for m in micro]
+    shares = [n / sum(shares) for n in shares]
     params = []
     for n, p in model.named_parameters():
         train = run["method"] == "full" or is_attention(n)
@@ -95,15 +106,33 @@ def run_optimizer(name: str, run: dict, inputs, dtype=torch.float32) -> list:
         opt = torch.optim.SGD(params, lr=run["lr"], momentum=run["momentum"], weight_decay=run["weight_decay"])
     else:
         opt = torch.optim.AdamW(params, lr=run["lr"], weight_decay=run["weight_decay"])
+    sched = None
+    if run.get("schedule") == "cosine":
+        sched = get_cosine_schedule_with_warmup(opt, run["warmup"], STEPS)
     losses = []
     for _ in range(STEPS):
         opt.zero_grad()
-        loss = model(**inputs).loss
-        losses.append(float(loss.detach()))
-        loss.backward()
+        if micro:
+            total = 0.0
+            for m, share in zip(micro, shares):
+                loss = model(**m).loss * share
+                total += float(loss.detach())
+                loss.backward()
+            losses.append(total)
+        else:
+            loss = model(**inputs).loss
+            losses.append(float(loss.detach()))
+            loss.backward()
+        if "clip_norm" in run:
+            torch.nn.utils.clip_grad_norm_(params, run["clip_norm"])
         opt.step()
+        if sched is not None:
+            sched.step()
     with torch.no_grad():
-        losses.append(float(model(**inputs).loss))
+        if micro:
+            losses.append(sum(float(model(**m).loss) * share for m, share in zip(micro, shares)))
+        else:
+            losses.append(float(model(**inputs).loss))
     return losses
 
 

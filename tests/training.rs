@@ -8,7 +8,7 @@ mod common;
 
 use burn::backend::Autodiff;
 use common::*;
-use paligemma::train::{Batch, Example, Method, Optimizer, Reduction, Trainer};
+use paligemma::train::{Batch, Example, Method, Optimizer, Reduction, Schedule, Trainer};
 use paligemma::{Model, backend::Cpu};
 
 type Ad = Autodiff<Cpu>;
@@ -150,17 +150,54 @@ fn check_optimizer_runs(name: &str) {
             },
         };
         let mut trainer = Trainer::new(model, method, optimizer).unwrap();
+        if let Some(c) = run["clip_norm"].as_f64() {
+            trainer = trainer.with_clip_norm(c as f32);
+        }
+        // Micro-batches (gradient accumulation) or the whole batch.
+        let all = examples(&meta);
+        let batches: Vec<Batch> = match run["micro_batches"].as_array() {
+            Some(groups) => groups
+                .iter()
+                .map(|g| {
+                    let part: Vec<Example> = g
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|i| all[i.as_u64().unwrap() as usize].clone())
+                        .collect();
+                    trainer.model().unwrap().training_batch(&part).unwrap()
+                })
+                .collect(),
+            None => vec![b],
+        };
+        let schedule = match run["schedule"].as_str() {
+            Some("cosine") => Schedule::Cosine,
+            _ => Schedule::Constant,
+        };
+        let warmup = run["warmup"].as_u64().unwrap_or(0) as usize;
         let expected: Vec<f32> = run["losses"]
             .as_array()
             .unwrap()
             .iter()
             .map(|v| v.as_f64().unwrap() as f32)
             .collect();
-        let mut ours: Vec<f32> = (0..expected.len() - 1)
-            .map(|_| trainer.step(&b, f("lr")).unwrap())
+        let steps = expected.len() - 1;
+        let mut ours: Vec<f32> = (0..steps)
+            .map(|s| {
+                let lr = schedule.rate(f("lr"), s, steps, warmup);
+                trainer.step_accumulated(&batches, lr).unwrap()
+            })
             .collect();
         let model = trainer.into_model().unwrap();
-        ours.push(model.loss(&b, Reduction::Tokens).unwrap().scalar().unwrap());
+        let total: usize = batches.iter().map(Batch::supervised_tokens).sum();
+        let after: f32 = batches
+            .iter()
+            .map(|b| {
+                let share = b.supervised_tokens() as f32 / total as f32;
+                model.loss(b, Reduction::Tokens).unwrap().scalar().unwrap() * share
+            })
+            .sum();
+        ours.push(after);
         // Optimisation amplifies float error; torch's own float32-vs-float64 distance on
         // the same run bounds what agreement can mean.
         let exact: Vec<f32> = run["float64_losses"]

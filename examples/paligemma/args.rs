@@ -294,6 +294,17 @@ pub enum MethodArg {
     Lora,
 }
 
+/// `finetune --schedule`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ScheduleArg {
+    /// The peak rate after warmup.
+    Constant,
+    /// Down along a half cosine to 0.
+    Cosine,
+    /// Down linearly to 0.
+    Linear,
+}
+
 /// `finetune --optimizer`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OptimizerArg {
@@ -341,9 +352,24 @@ pub struct FinetuneArgs {
     /// Passes over the data.
     #[arg(long)]
     pub epochs: Option<usize>,
-    /// Examples per step.
+    /// Examples per forward pass.
     #[arg(long, default_value_t = 1)]
     pub batch_size: usize,
+    /// Forward passes whose gradients make one optimiser step.
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    /// Learning-rate schedule after the warmup.
+    #[arg(long, value_enum, default_value_t = ScheduleArg::Constant)]
+    pub schedule: ScheduleArg,
+    /// Steps of linear warmup from 0.
+    #[arg(long, default_value_t = 0)]
+    pub warmup: usize,
+    /// Clip the global gradient norm to this (torch's clip_grad_norm_).
+    #[arg(long)]
+    pub clip_norm: Option<f32>,
+    /// Keep the vision tower and projector frozen.
+    #[arg(long)]
+    pub freeze_vision: bool,
     /// Keep the file's order instead of shuffling every epoch.
     #[arg(long)]
     pub no_shuffle: bool,

@@ -5,11 +5,13 @@ use std::time::Instant;
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use paligemma::Model;
-use paligemma::train::{Example, LoraConfig, Method, Optimizer, Reduction, Trainer, read_examples};
+use paligemma::train::{
+    Example, LoraConfig, Method, Optimizer, Reduction, Schedule, Trainer, read_examples,
+};
 use serde::Serialize;
 
 use crate::Res;
-use crate::args::{FinetuneArgs, LossArgs, MethodArg, OptimizerArg};
+use crate::args::{FinetuneArgs, LossArgs, MethodArg, OptimizerArg, ScheduleArg};
 
 /// Read a data file and check that every example becomes a valid batch row before
 /// any work starts; errors name the file and line.
@@ -138,41 +140,53 @@ pub fn finetune<B: AutodiffBackend>(args: &FinetuneArgs, device: &B::Device) -> 
         None => None,
     };
     let batch_size = args.batch_size.max(1);
-    let per_epoch = train.len().div_ceil(batch_size);
+    let accum = args.grad_accum.max(1);
+    let per_epoch = train.len().div_ceil(batch_size * accum);
     let steps = args
         .steps
         .unwrap_or_else(|| args.epochs.unwrap_or(1) * per_epoch);
+    let schedule = match args.schedule {
+        ScheduleArg::Constant => Schedule::Constant,
+        ScheduleArg::Cosine => Schedule::Cosine,
+        ScheduleArg::Linear => Schedule::Linear,
+    };
     let mut trainer = Trainer::new(model, method, optimizer)?;
+    if let Some(c) = args.clip_norm {
+        trainer = trainer.with_clip_norm(c);
+    }
+    if args.freeze_vision {
+        trainer = trainer.with_frozen_vision()?;
+    }
     let start = Instant::now();
-    let mut order: Vec<usize> = (0..train.len()).collect();
-    let mut step = 0;
+    // Every epoch's example order, concatenated as far as the steps need.
+    let per_step = batch_size * accum;
+    let mut order = Vec::with_capacity(steps * per_step);
     let mut epoch = 0u64;
-    while step < steps {
+    while order.len() < steps * per_step {
+        let mut this: Vec<usize> = (0..train.len()).collect();
         if !args.no_shuffle {
-            order.sort_unstable();
-            shuffle(&mut order, args.seed.wrapping_add(epoch));
+            shuffle(&mut this, args.seed.wrapping_add(epoch));
         }
-        for chunk in order.chunks(batch_size) {
-            if step == steps {
-                break;
-            }
-            let examples: Vec<Example> = chunk.iter().map(|&i| train[i].clone()).collect();
-            let batch = trainer.model()?.training_batch(&examples)?;
-            let loss = trainer.step(&batch, args.lr)?;
-            step += 1;
-            if args.json {
-                let line = StepJson {
-                    step,
-                    loss,
-                    lr: args.lr,
-                };
-                println!("{}", serde_json::to_string(&line)?);
-            } else {
-                let rate = step as f64 / start.elapsed().as_secs_f64();
-                eprintln!("step {step}/{steps}  loss {loss:.4}  {rate:.2} steps/s");
-            }
-        }
+        order.extend(this);
         epoch += 1;
+    }
+    for (i, chunk) in order.chunks(per_step).take(steps).enumerate() {
+        let batches = chunk
+            .chunks(batch_size)
+            .map(|part| {
+                let examples: Vec<Example> = part.iter().map(|&j| train[j].clone()).collect();
+                trainer.model()?.training_batch(&examples)
+            })
+            .collect::<paligemma::Result<Vec<_>>>()?;
+        let lr = schedule.rate(args.lr, i, steps, args.warmup);
+        let loss = trainer.step_accumulated(&batches, lr)?;
+        let step = i + 1;
+        if args.json {
+            println!("{}", serde_json::to_string(&StepJson { step, loss, lr })?);
+        } else {
+            let rate = step as f64 / start.elapsed().as_secs_f64();
+            eprintln!("step {step}/{steps}  loss {loss:.4}  lr {lr:.3e}  {rate:.2} steps/s");
+        }
     }
     let model = trainer.into_model()?;
     let final_loss = data_loss(&model, &train, batch_size)?.loss;

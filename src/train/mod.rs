@@ -13,6 +13,7 @@ mod loss;
 mod method;
 mod names;
 mod save;
+mod schedule;
 mod trainer;
 
 pub use batch::{Batch, Example};
@@ -21,4 +22,5 @@ pub use lora::{LoraConfig, LoraTargets};
 pub use loss::{Loss, Reduction};
 pub use method::Method;
 pub use names::NamedTensor;
+pub use schedule::Schedule;
 pub use trainer::{Optimizer, Trainer};

@@ -1,11 +1,15 @@
 //! Optimisation: the gradients of a batch loss applied by SGD or AdamW with torch's
 //! semantics, in f32, to the parameters the [`Method`] trains.
 
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{
-    AdamW, AdamWConfig, GradientsParams, Optimizer as _, Sgd, SgdConfig, adaptor::OptimizerAdaptor,
-    decay::WeightDecayConfig, momentum::MomentumConfig,
+    AdamW, AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer as _, Sgd, SgdConfig,
+    adaptor::OptimizerAdaptor, decay::WeightDecayConfig, momentum::MomentumConfig,
 };
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{
+    Tensor,
+    backend::{AutodiffBackend, Backend},
+};
 
 use super::batch::Batch;
 use super::loss::Reduction;
@@ -88,6 +92,7 @@ pub struct Trainer<B: AutodiffBackend> {
     model: Option<Model<B>>,
     optimizer: State<B>,
     reduction: Reduction,
+    clip_norm: Option<f32>,
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
@@ -133,7 +138,27 @@ impl<B: AutodiffBackend> Trainer<B> {
             model: Some(model.with_trainable(method)),
             optimizer: state,
             reduction: Reduction::Tokens,
+            clip_norm: None,
         })
+    }
+
+    /// Scale the gradients down to a global L2 norm of at most `max_norm` before each
+    /// update, as `torch.nn.utils.clip_grad_norm_` does (factor `max_norm / (norm + 1e-6)`).
+    pub fn with_clip_norm(mut self, max_norm: f32) -> Self {
+        self.clip_norm = Some(max_norm);
+        self
+    }
+
+    /// Freeze the vision tower and the projector (they keep their weights).
+    pub fn with_frozen_vision(mut self) -> Result<Self> {
+        let model = self.model.take().ok_or_else(lost)?;
+        self.model = Some(model.map_network(|n| {
+            n.map(&mut Freeze {
+                frozen: &["vision", "projector"],
+                path: Vec::new(),
+            })
+        }));
+        Ok(self)
     }
 
     /// Average the loss per example instead of per token (big_vision's colab).
@@ -155,25 +180,153 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// One optimiser step on `batch` at learning rate `lr`; returns the batch loss
     /// before the update.
     pub fn step(&mut self, batch: &Batch, lr: f64) -> Result<f32> {
+        self.step_accumulated(std::slice::from_ref(batch), lr)
+    }
+
+    /// One optimiser step on the gradient of several batches (gradient accumulation):
+    /// each batch's loss is weighted so that the step follows the loss of all their
+    /// examples together (token-weighted, or per example with [`Reduction::Examples`]).
+    /// Returns that combined loss before the update.
+    pub fn step_accumulated(&mut self, batches: &[Batch], lr: f64) -> Result<f32> {
         let model = self.model.take().ok_or_else(lost)?;
-        let (loss, grads) = match model.loss(batch, self.reduction) {
-            Ok(loss) => {
-                let value = loss.scalar();
-                let grads = GradientsParams::from_grads(loss.value.backward(), model.network());
-                (value, grads)
+        match self.gradients(&model, batches) {
+            Ok((loss, grads)) => {
+                let optimizer = &mut self.optimizer;
+                self.model = Some(model.map_network(|network| match optimizer {
+                    State::Sgd(o) => o.step(lr, network, grads),
+                    State::AdamW(o) => o.step(lr, network, grads),
+                }));
+                Ok(loss)
             }
             Err(e) => {
                 self.model = Some(model);
-                return Err(e);
+                Err(e)
             }
-        };
-        let optimizer = &mut self.optimizer;
-        self.model = Some(model.map_network(|network| match optimizer {
-            State::Sgd(o) => o.step(lr, network, grads),
-            State::AdamW(o) => o.step(lr, network, grads),
-        }));
-        loss
+        }
     }
+
+    /// The combined loss of `batches` and its (clipped) gradients.
+    fn gradients(&self, model: &Model<B>, batches: &[Batch]) -> Result<(f32, GradientsParams)> {
+        let weight = |b: &Batch| match self.reduction {
+            Reduction::Tokens => b.supervised_tokens() as f64,
+            Reduction::Examples => b.len() as f64,
+        };
+        let total: f64 = batches.iter().map(weight).sum();
+        if total == 0.0 {
+            return Err(Error::Prompt("no batches to train on".into()));
+        }
+        let mut accumulator = GradientsAccumulator::new();
+        let mut loss = 0.0f64;
+        for batch in batches {
+            let share = weight(batch) / total;
+            let l = model.loss(batch, self.reduction)?;
+            loss += f64::from(l.scalar()?) * share;
+            let grads = (l.value * share).backward();
+            accumulator.accumulate(
+                model.network(),
+                GradientsParams::from_grads(grads, model.network()),
+            );
+        }
+        let mut grads = accumulator.grads();
+        if let Some(max_norm) = self.clip_norm {
+            grads = clip_global_norm::<B>(grads, model.network(), max_norm)?;
+        }
+        Ok((loss as f32, grads))
+    }
+}
+
+/// Freezes every parameter under the given top-level modules.
+struct Freeze {
+    frozen: &'static [&'static str],
+    path: Vec<String>,
+}
+
+impl<B: AutodiffBackend> ModuleMapper<B> for Freeze {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let frozen = self
+            .path
+            .first()
+            .is_some_and(|top| self.frozen.contains(&top.as_str()));
+        if frozen {
+            param.set_require_grad(false)
+        } else {
+            param
+        }
+    }
+}
+
+/// The ids of every float parameter.
+struct Ids(Vec<(ParamId, usize)>);
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Ids {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.0.push((param.id, D));
+    }
+}
+
+/// torch's `clip_grad_norm_`: one L2 norm over every gradient; above `max_norm`, every
+/// gradient is multiplied by `max_norm / (norm + 1e-6)`.
+fn clip_global_norm<B: AutodiffBackend>(
+    mut grads: GradientsParams,
+    network: &PaliGemma<B>,
+    max_norm: f32,
+) -> Result<GradientsParams> {
+    let mut ids = Ids(Vec::new());
+    network.visit(&mut ids);
+    fn sum_sq<B: Backend, const D: usize>(
+        g: &GradientsParams,
+        id: ParamId,
+    ) -> Option<Tensor<B, 1>> {
+        g.get::<B, D>(id).map(|t| t.powi_scalar(2).sum())
+    }
+    let mut squares = Vec::new();
+    for &(id, rank) in &ids.0 {
+        let s = match rank {
+            1 => sum_sq::<B::InnerBackend, 1>(&grads, id),
+            2 => sum_sq::<B::InnerBackend, 2>(&grads, id),
+            3 => sum_sq::<B::InnerBackend, 3>(&grads, id),
+            4 => sum_sq::<B::InnerBackend, 4>(&grads, id),
+            _ => None,
+        };
+        squares.extend(s);
+    }
+    if squares.is_empty() {
+        return Ok(grads);
+    }
+    let norm = Tensor::cat(squares, 0)
+        .sum()
+        .sqrt()
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .map_err(|e| Error::Backend(format!("reading the gradient norm: {e:?}")))?[0];
+    if norm <= max_norm {
+        return Ok(grads);
+    }
+    let factor = max_norm / (norm + 1e-6);
+    fn scale<B: Backend, const D: usize>(g: &mut GradientsParams, id: ParamId, f: f32) {
+        if let Some(t) = g.remove::<B, D>(id) {
+            g.register(id, t * f);
+        }
+    }
+    for &(id, rank) in &ids.0 {
+        match rank {
+            1 => scale::<B::InnerBackend, 1>(&mut grads, id, factor),
+            2 => scale::<B::InnerBackend, 2>(&mut grads, id, factor),
+            3 => scale::<B::InnerBackend, 3>(&mut grads, id, factor),
+            4 => scale::<B::InnerBackend, 4>(&mut grads, id, factor),
+            _ => {}
+        }
+    }
+    Ok(grads)
 }
 
 fn lost() -> Error {
