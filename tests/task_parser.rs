@@ -1,8 +1,8 @@
 //! Property tests for the `<loc>`/`<seg>` output parser and the task prompts.
 
 use paligemma::task::{
-    BoundingBox, Coordinates, Detection, ParseOutput, Task, format_objects, loc_token,
-    parse_objects_with, seg_token,
+    BoundingBox, Coordinates, Detection, ParseOutput, Task, detection_suffix, format_objects,
+    loc_token, parse_objects_with, seg_token,
 };
 use proptest::prelude::*;
 
@@ -166,6 +166,43 @@ proptest! {
             parse_objects_with(&b, 640, 480, seg, Coordinates::BigVision),
         );
         prop_assert_eq!(whole, parts);
+    }
+
+    /// Pixel boxes written as a detection target parse back to within one `<loc>` step.
+    #[test]
+    fn detection_targets_round_trip(
+        boxes in prop::collection::vec((0.0f64..1.0, 0.0f64..1.0, 0.05f64..1.0, 0.05f64..1.0), 1..4),
+        w in 20u32..3000,
+        h in 20u32..3000,
+    ) {
+        let objects: Vec<(String, BoundingBox)> = boxes
+            .iter()
+            .enumerate()
+            .map(|(i, &(x, y, bw, bh))| {
+                let (fw, fh) = (f64::from(w), f64::from(h));
+                let x_min = x * fw * 0.9;
+                let y_min = y * fh * 0.9;
+                let b = BoundingBox {
+                    x_min,
+                    y_min,
+                    x_max: (x_min + bw * fw * 0.5 + fw / 100.0).min(fw),
+                    y_max: (y_min + bh * fh * 0.5 + fh / 100.0).min(fh),
+                };
+                (format!("thing {i}"), b)
+            })
+            .collect();
+        let suffix = detection_suffix(&objects, w, h).map_err(TestCaseError::fail)?;
+        let parsed = parse_objects_with(&suffix, w, h, false, Coordinates::BigVision);
+        prop_assert!(parsed.skipped.is_empty(), "{:?}", parsed.skipped);
+        prop_assert_eq!(parsed.objects.len(), objects.len());
+        for ((label, b), o) in objects.iter().zip(&parsed.objects) {
+            prop_assert_eq!(&o.label, label);
+            let (sx, sy) = (f64::from(w) / 1023.0, f64::from(h) / 1023.0);
+            for (a, c, step) in [(b.x_min, o.bbox.x_min, sx), (b.x_max, o.bbox.x_max, sx),
+                                 (b.y_min, o.bbox.y_min, sy), (b.y_max, o.bbox.y_max, sy)] {
+                prop_assert!((a - c).abs() <= step * 0.5 + 1e-6, "{} vs {}", a, c);
+            }
+        }
     }
 
     #[test]

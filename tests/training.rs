@@ -422,3 +422,52 @@ fn lora_matches_peft_pg1() {
 fn lora_matches_peft_pg2() {
     check_lora("pg2-tiny");
 }
+
+/// Data files: suffixes or detection boxes; a bad line is an error naming the file and
+/// line, before anything trains.
+#[test]
+fn data_files_with_boxes_and_errors_naming_the_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = fixtures().join("images/photo.png");
+    let write = |name: &str, lines: &[serde_json::Value]| {
+        let path = tmp.path().join(name);
+        let text: String = lines.iter().map(|l| format!("{l}\n\n")).collect();
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let good = write(
+        "good.jsonl",
+        &[
+            serde_json::json!({"image": image, "prefix": "caption en", "suffix": "a photo"}),
+            serde_json::json!({"image": image, "prefix": "detect cat", "boxes": [
+                {"label": "cat", "bbox": [1.0, 2.0, 30.0, 40.0]}]}),
+        ],
+    );
+    let examples = paligemma::train::read_examples(&good).unwrap();
+    assert_eq!(examples[1].0, 3, "line numbers count blank lines");
+    let (w, h) = (examples[1].1.image.width(), examples[1].1.image.height());
+    let parsed = paligemma::task::parse_detections(&examples[1].1.suffix, w, h);
+    assert_eq!(parsed.objects[0].label, "cat");
+    assert!((parsed.objects[0].bbox.y_max - 40.0).abs() < f64::from(h) / 1023.0);
+    let bad = [
+        serde_json::json!({"image": "missing.png", "prefix": "x", "suffix": "y"}),
+        serde_json::json!({"image": image, "prefix": "x"}),
+        serde_json::json!({"image": image, "prefix": "x", "suffix": "y", "boxes": []}),
+        serde_json::json!({"image": image, "prefix": "detect cat", "boxes": [
+            {"label": "cat", "bbox": [1.0, 2.0, 3000.0, 40.0]}]}),
+        serde_json::json!({"image": image, "prefix": "x", "suffix": "y", "extra": 1}),
+    ];
+    for (i, line) in bad.iter().enumerate() {
+        let path = write(
+            &format!("bad{i}.jsonl"),
+            &[
+                serde_json::json!({"image": image, "prefix": "a", "suffix": "b"}),
+                line.clone(),
+            ],
+        );
+        match paligemma::train::read_examples(&path) {
+            Err(paligemma::Error::Data { line: 3, .. }) => {}
+            other => panic!("bad line {i}: {other:?}"),
+        }
+    }
+}

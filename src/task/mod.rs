@@ -51,7 +51,7 @@ mod run;
 pub use crate::error::TaskError;
 pub use objects::{
     BoundingBox, Coordinates, Detection, MAX_LOC, MAX_SEG, ParseOutput, Segmentation, SkipReason,
-    Skipped, format_objects, loc_token, seg_token,
+    Skipped, detection_suffix, format_objects, loc_token, loc_value, seg_token,
 };
 pub use parse::{parse_detections, parse_objects_with, parse_segmentations};
 pub use prompt::Task;

@@ -249,3 +249,65 @@ pub struct Segmentation {
     /// The decoder's soft 64 x 64 output (row-major, nominally in [-1, 1]).
     pub mask64: Vec<f32>,
 }
+
+/// The `<loc>` value of pixel coordinate `v` on an axis of `size` pixels, as big_vision
+/// encodes boxes: `round(v / size * 1023)`, clipped to 0..=1023.
+pub fn loc_value(v: f64, size: u32) -> u16 {
+    let normalized = if size == 0 { 0.0 } else { v / f64::from(size) };
+    (normalized * f64::from(MAX_LOC))
+        .round()
+        .clamp(0.0, f64::from(MAX_LOC)) as u16
+}
+
+/// A detection target: `<locYMIN><locXMIN><locYMAX><locXMAX> label` per object, joined by
+/// ` ; `, from labelled pixel boxes of a `width x height` image; the inverse of
+/// [`parse_detections`](super::parse_detections) up to one `<loc>` step.
+///
+/// A label must be a valid object name (see [`Task::prompt`](super::Task::prompt)); a
+/// box must lie inside the image and keep a positive size on the `<loc>` grid.
+///
+/// ```
+/// use paligemma::task::{BoundingBox, detection_suffix, parse_detections};
+/// let cat = BoundingBox { x_min: 10.0, y_min: 20.0, x_max: 110.0, y_max: 90.0 };
+/// let suffix = detection_suffix(&[("cat", cat)], 200, 100).unwrap();
+/// assert_eq!(suffix, "<loc0205><loc0051><loc0921><loc0563> cat");
+/// let back = &parse_detections(&suffix, 200, 100).objects[0].bbox;
+/// assert!((back.x_min - 10.0).abs() < 0.2 && (back.y_max - 90.0).abs() < 0.2);
+/// ```
+pub fn detection_suffix<S: AsRef<str>>(
+    objects: &[(S, BoundingBox)],
+    width: u32,
+    height: u32,
+) -> std::result::Result<String, String> {
+    let mut parts = Vec::with_capacity(objects.len());
+    for (i, (label, b)) in objects.iter().enumerate() {
+        let label = label.as_ref().trim();
+        if label.is_empty() || label.contains([';', '\n', '\r', '<', '>']) {
+            return Err(format!(
+                "object {i}: label {label:?} is empty or contains ';', '<', '>' or a newline"
+            ));
+        }
+        let inside = |lo: f64, hi: f64, size: u32| 0.0 <= lo && lo < hi && hi <= f64::from(size);
+        if !(inside(b.x_min, b.x_max, width) && inside(b.y_min, b.y_max, height)) {
+            return Err(format!(
+                "object {i} ({label}): box {:?} is not inside the {width}x{height} image",
+                [b.x_min, b.y_min, b.x_max, b.y_max]
+            ));
+        }
+        let loc = [
+            loc_value(b.y_min, height),
+            loc_value(b.x_min, width),
+            loc_value(b.y_max, height),
+            loc_value(b.x_max, width),
+        ];
+        if loc[2] <= loc[0] || loc[3] <= loc[1] {
+            return Err(format!(
+                "object {i} ({label}): box {:?} is smaller than one <loc> step",
+                [b.x_min, b.y_min, b.x_max, b.y_max]
+            ));
+        }
+        let tokens: String = loc.iter().map(|&v| loc_token(v)).collect();
+        parts.push(format!("{tokens} {label}"));
+    }
+    Ok(parts.join(" ; "))
+}

@@ -1,6 +1,8 @@
 //! Training data files: JSON lines of `{"image": "path", "prefix": "...", "suffix":
-//! "..."}`, image paths relative to the file. Every line is checked (JSON, fields,
-//! image) before anything trains, and an error names the file and line.
+//! "..."}`, image paths relative to the file; instead of `suffix`, `"boxes": [{"label":
+//! "cat", "bbox": [x_min, y_min, x_max, y_max]}]` in pixels makes a detection target.
+//! Every line is checked (JSON, fields, image, target) before anything trains, and an
+//! error names the file and line.
 
 use std::path::Path;
 
@@ -9,13 +11,23 @@ use serde::Deserialize;
 use super::batch::Example;
 use crate::error::{Error, Result};
 use crate::preprocess::load_image;
+use crate::task::{BoundingBox, detection_suffix};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Line {
     image: String,
     prefix: String,
-    suffix: String,
+    suffix: Option<String>,
+    boxes: Option<Vec<LabelledBox>>,
+    masks: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LabelledBox {
+    label: String,
+    bbox: [f64; 4],
 }
 
 /// Read every example of a JSON-lines file with its 1-based line number (blank lines
@@ -48,7 +60,40 @@ pub fn read_examples(path: impl AsRef<Path>) -> Result<Vec<(usize, Example)>> {
         };
         let l: Line = serde_json::from_str(line).map_err(|e| at(e.to_string()))?;
         let image = load_image(base.join(&l.image)).map_err(|e| at(e.to_string()))?;
-        out.push((n + 1, Example::new(image, l.prefix, l.suffix)));
+        let suffix = match (l.suffix, l.boxes, l.masks) {
+            (Some(s), None, None) => s,
+            (None, Some(boxes), None) => {
+                let objects: Vec<(String, BoundingBox)> = boxes
+                    .into_iter()
+                    .map(|b| {
+                        let [x_min, y_min, x_max, y_max] = b.bbox;
+                        (
+                            b.label,
+                            BoundingBox {
+                                x_min,
+                                y_min,
+                                x_max,
+                                y_max,
+                            },
+                        )
+                    })
+                    .collect();
+                detection_suffix(&objects, image.width(), image.height()).map_err(at)?
+            }
+            (None, None, Some(_)) => {
+                return Err(at(
+                    "\"masks\" targets need the VQ-VAE encoder, which this version \
+                               does not have yet; give the <seg> codes in \"suffix\""
+                        .into(),
+                ));
+            }
+            _ => {
+                return Err(at(
+                    "give exactly one of \"suffix\", \"boxes\" or \"masks\"".into()
+                ));
+            }
+        };
+        out.push((n + 1, Example::new(image, l.prefix, suffix)));
     }
     if out.is_empty() {
         return Err(Error::Data {
