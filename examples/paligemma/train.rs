@@ -74,6 +74,8 @@ struct StepJson {
     step: usize,
     loss: f32,
     lr: f64,
+    /// Wall-clock seconds of this step (batches, forward, backward, update).
+    seconds: f64,
 }
 
 #[derive(Serialize)]
@@ -171,6 +173,7 @@ pub fn finetune<B: AutodiffBackend>(args: &FinetuneArgs, device: &B::Device) -> 
         epoch += 1;
     }
     for (i, chunk) in order.chunks(per_step).take(steps).enumerate() {
+        let step_start = Instant::now();
         let batches = chunk
             .chunks(batch_size)
             .map(|part| {
@@ -182,7 +185,14 @@ pub fn finetune<B: AutodiffBackend>(args: &FinetuneArgs, device: &B::Device) -> 
         let loss = trainer.step_accumulated(&batches, lr)?;
         let step = i + 1;
         if args.json {
-            println!("{}", serde_json::to_string(&StepJson { step, loss, lr })?);
+            let seconds = step_start.elapsed().as_secs_f64();
+            let line = StepJson {
+                step,
+                loss,
+                lr,
+                seconds,
+            };
+            println!("{}", serde_json::to_string(&line)?);
         } else {
             let rate = step as f64 / start.elapsed().as_secs_f64();
             eprintln!("step {step}/{steps}  loss {loss:.4}  lr {lr:.3e}  {rate:.2} steps/s");
