@@ -8,6 +8,7 @@ use burn::tensor::{FloatDType, Int, Tensor, TensorData, TensorPrimitive, backend
 use crate::cpu::{self, HostMatrix};
 use crate::error::Result;
 use crate::lora::Lora;
+use crate::matmul::matmul_transposed;
 use crate::weights::WeightStore;
 
 /// A dense layer holding the checkpoint's `[out, in]` weight; it multiplies by a
@@ -224,23 +225,6 @@ fn from_host<B: Backend, const D: usize>(
     device: &B::Device,
 ) -> Tensor<B, D> {
     Tensor::from_data(TensorData::new(values, dims), device)
-}
-
-/// `x @ W^T` for `x` `[..., in]` and `W` `[out, in]`.
-///
-/// The leading dimensions are flattened so the product is one 2-D matmul against a
-/// transposed view of `W`: CPU backends then stream the weight as stored, while a
-/// batched (3-D) product would first copy the whole weight into a contiguous buffer.
-pub fn matmul_transposed<B: Backend, const D: usize>(
-    x: Tensor<B, D>,
-    w: &Tensor<B, 2>,
-) -> Tensor<B, D> {
-    let mut dims = x.dims();
-    let d_in = dims[D - 1];
-    let rows = dims[..D - 1].iter().product();
-    let y = x.reshape([rows, d_in]).matmul(w.clone().transpose());
-    dims[D - 1] = w.dims()[0];
-    y.reshape(dims)
 }
 
 /// LayerNorm with affine weight and bias (SigLIP), parameters in f32.

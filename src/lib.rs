@@ -48,6 +48,7 @@ mod generate;
 mod kv_cache;
 mod layers;
 mod lora;
+mod matmul;
 mod model;
 mod npz;
 mod paligemma;

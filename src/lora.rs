@@ -4,7 +4,7 @@
 use burn::module::{Module, Param};
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 
-use crate::layers::matmul_transposed;
+use crate::matmul::matmul_transposed;
 
 /// The adapter of one layer.
 #[derive(Module, Debug)]

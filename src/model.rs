@@ -199,3 +199,19 @@ impl<B: Backend> Model<B> {
         self.network.extend(state, tokens)
     }
 }
+
+impl<B: burn::tensor::backend::AutodiffBackend> Model<B> {
+    /// This model on the inner backend (see `Model::valid`).
+    pub(crate) fn to_inner(&self) -> Model<B::InnerBackend> {
+        use burn::module::AutodiffModule;
+        Model {
+            config: self.config.clone(),
+            network: self.network.valid(),
+            tokenizer: self.tokenizer.clone(),
+            mask_decoder: self.mask_decoder.as_ref().map(AutodiffModule::valid),
+            device: self.device.clone(),
+            weight_format: self.weight_format,
+            source: self.source.clone(),
+        }
+    }
+}

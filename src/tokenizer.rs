@@ -7,6 +7,7 @@ use std::path::Path;
 use crate::error::{Error, Result};
 
 /// The checkpoint's tokenizer plus the special ids PaliGemma needs, resolved by text.
+#[derive(Clone)]
 pub struct Tokenizer {
     tokenizer: tokenizers::Tokenizer,
     /// `<image>`.

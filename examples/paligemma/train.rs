@@ -198,7 +198,8 @@ pub fn finetune<B: AutodiffBackend>(args: &FinetuneArgs, device: &B::Device) -> 
             eprintln!("step {step}/{steps}  loss {loss:.4}  lr {lr:.3e}  {rate:.2} steps/s");
         }
     }
-    let model = trainer.into_model()?;
+    // Evaluation, merging and saving need no autodiff graph.
+    let model = trainer.into_model()?.valid();
     let final_loss = data_loss(&model, &train, batch_size)?.loss;
     let eval = match &eval {
         Some(examples) => Some(data_loss(&model, examples, batch_size)?),

@@ -8,9 +8,8 @@ use std::path::Path;
 
 use burn::tensor::backend::Backend;
 
-use super::names::checkpoint_name;
+use super::names::peft_key;
 use super::save::{Entry, write_safetensors};
-use crate::config::TextArch;
 use crate::error::{Error, Result};
 use crate::lora::Lora;
 use crate::model::Model;
@@ -89,23 +88,6 @@ impl Default for LoraConfig {
             seed: 0,
         }
     }
-}
-
-/// PEFT's key for the adapter matrix `which` ("A" or "B") of projection `proj` of
-/// decoder layer `layer`, e.g.
-/// `base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_A.weight`.
-pub(crate) fn peft_key(layer: usize, proj: &str, arch: TextArch, which: &str) -> Result<String> {
-    let path = ["decoder", "layers", &layer.to_string(), proj, "weight"].map(String::from);
-    let module = checkpoint_name(&path, arch)
-        .and_then(|n| {
-            n.strip_prefix("language_model.model.")?
-                .strip_suffix(".weight")
-                .map(str::to_string)
-        })
-        .ok_or_else(|| Error::Backend(format!("no checkpoint name for projection {proj}")))?;
-    Ok(format!(
-        "base_model.model.model.language_model.{module}.lora_{which}.weight"
-    ))
 }
 
 impl<B: Backend> Model<B> {

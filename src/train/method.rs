@@ -55,6 +55,12 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Freeze {
 }
 
 impl<B: AutodiffBackend> Model<B> {
+    /// The same model on the inner backend, without autodiff (evaluation, merging and
+    /// saving after training: no graph is recorded and no gradient kept).
+    pub fn valid(&self) -> Model<B::InnerBackend> {
+        self.to_inner()
+    }
+
     /// Mark the parameters `method` trains as requiring gradients and freeze the rest.
     pub fn with_trainable(self, method: Method) -> Self {
         self.map_network(|network| {

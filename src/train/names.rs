@@ -45,7 +45,7 @@ pub(crate) fn checkpoint_name(path: &[String], arch: TextArch) -> Option<String>
         ["decoder", "norm", "weight"] => "language_model.model.norm.weight".into(),
         ["decoder", "layers", i, proj, "lora", m] => {
             let which = if *m == "a" { "A" } else { "B" };
-            return super::lora::peft_key(i.parse().ok()?, proj, arch, which).ok();
+            return peft_key(i.parse().ok()?, proj, arch, which).ok();
         }
         ["decoder", "layers", i, layer, f] => {
             let pre = format!("language_model.model.layers.{i}");
@@ -64,6 +64,23 @@ pub(crate) fn checkpoint_name(path: &[String], arch: TextArch) -> Option<String>
         }
         _ => return None,
     })
+}
+
+/// PEFT's key for the adapter matrix `which` ("A" or "B") of projection `proj` of
+/// decoder layer `layer`, e.g.
+/// `base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_A.weight`.
+pub(crate) fn peft_key(layer: usize, proj: &str, arch: TextArch, which: &str) -> Result<String> {
+    let path = ["decoder", "layers", &layer.to_string(), proj, "weight"].map(String::from);
+    let module = checkpoint_name(&path, arch)
+        .and_then(|n| {
+            n.strip_prefix("language_model.model.")?
+                .strip_suffix(".weight")
+                .map(str::to_string)
+        })
+        .ok_or_else(|| Error::Backend(format!("no checkpoint name for projection {proj}")))?;
+    Ok(format!(
+        "base_model.model.model.language_model.{module}.lora_{which}.weight"
+    ))
 }
 
 /// A tensor with its checkpoint name, on the host in f32.
