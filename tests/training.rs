@@ -471,3 +471,28 @@ fn data_files_with_boxes_and_errors_naming_the_line() {
         }
     }
 }
+
+/// A frozen vision tower gets no gradient; the decoder still does.
+#[test]
+fn frozen_vision_tower_gets_no_gradient() {
+    let meta = expected_json("train-pg1-tiny");
+    let model = load("pg1-tiny");
+    let b = batch(&model, &meta);
+    let trainer = Trainer::new(model, Method::Full, Optimizer::adamw())
+        .unwrap()
+        .with_frozen_vision()
+        .unwrap();
+    let model = trainer.into_model().unwrap();
+    let grads = model.loss(&b, Reduction::Tokens).unwrap().value.backward();
+    let names: Vec<String> = model
+        .named_gradients(&grads)
+        .unwrap()
+        .into_iter()
+        .map(|g| g.name)
+        .collect();
+    assert!(
+        names.iter().all(|n| n.starts_with("language_model.")),
+        "{names:?}"
+    );
+    assert!(names.iter().any(|n| n.contains("self_attn.q_proj")));
+}

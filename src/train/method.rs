@@ -34,13 +34,23 @@ impl Method {
     }
 }
 
-/// Sets `require_grad` by module path.
-struct Freeze {
-    method: Method,
+/// Sets `require_grad` by module path: `decide(path)` is `Some(trains)` for the
+/// parameters it settles and `None` for those it leaves as they are.
+pub(crate) struct SetTrainable<F> {
+    decide: F,
     path: Vec<String>,
 }
 
-impl<B: AutodiffBackend> ModuleMapper<B> for Freeze {
+impl<F: Fn(&[String]) -> Option<bool>> SetTrainable<F> {
+    pub(crate) fn new(decide: F) -> Self {
+        SetTrainable {
+            decide,
+            path: Vec::new(),
+        }
+    }
+}
+
+impl<B: AutodiffBackend, F: Fn(&[String]) -> Option<bool>> ModuleMapper<B> for SetTrainable<F> {
     fn enter_module(&mut self, name: &str, _container_type: &str) {
         self.path.push(name.to_string());
     }
@@ -50,7 +60,10 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Freeze {
     }
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        param.set_require_grad(self.method.trains(&self.path))
+        match (self.decide)(&self.path) {
+            Some(trains) => param.set_require_grad(trains),
+            None => param,
+        }
     }
 }
 
@@ -64,10 +77,9 @@ impl<B: AutodiffBackend> Model<B> {
     /// Mark the parameters `method` trains as requiring gradients and freeze the rest.
     pub fn with_trainable(self, method: Method) -> Self {
         self.map_network(|network| {
-            network.map(&mut Freeze {
-                method,
-                path: Vec::new(),
-            })
+            network.map(&mut SetTrainable::new(|path: &[String]| {
+                Some(method.trains(path))
+            }))
         })
     }
 }

@@ -1,7 +1,7 @@
 //! Optimisation: the gradients of a batch loss applied by SGD or AdamW with torch's
 //! semantics, in f32, to the parameters the [`Method`] trains.
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::{
     AdamW, AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer as _, Sgd, SgdConfig,
     adaptor::OptimizerAdaptor, decay::WeightDecayConfig, momentum::MomentumConfig,
@@ -13,7 +13,7 @@ use burn::tensor::{
 
 use super::batch::Batch;
 use super::loss::Reduction;
-use super::method::Method;
+use super::method::{Method, SetTrainable};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::paligemma::PaliGemma;
@@ -152,12 +152,11 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// Freeze the vision tower and the projector (they keep their weights).
     pub fn with_frozen_vision(mut self) -> Result<Self> {
         let model = self.model.take().ok_or_else(lost)?;
-        self.model = Some(model.map_network(|n| {
-            n.map(&mut Freeze {
-                frozen: &["vision", "projector"],
-                path: Vec::new(),
-            })
-        }));
+        let vision = |path: &[String]| {
+            let top = path.first().map(String::as_str);
+            matches!(top, Some("vision" | "projector")).then_some(false)
+        };
+        self.model = Some(model.map_network(|n| n.map(&mut SetTrainable::new(vision))));
         Ok(self)
     }
 
@@ -232,34 +231,6 @@ impl<B: AutodiffBackend> Trainer<B> {
             grads = clip_global_norm::<B>(grads, model.network(), max_norm)?;
         }
         Ok((loss as f32, grads))
-    }
-}
-
-/// Freezes every parameter under the given top-level modules.
-struct Freeze {
-    frozen: &'static [&'static str],
-    path: Vec<String>,
-}
-
-impl<B: AutodiffBackend> ModuleMapper<B> for Freeze {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        let frozen = self
-            .path
-            .first()
-            .is_some_and(|top| self.frozen.contains(&top.as_str()));
-        if frozen {
-            param.set_require_grad(false)
-        } else {
-            param
-        }
     }
 }
 
