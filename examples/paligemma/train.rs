@@ -81,8 +81,65 @@ struct StepJson {
 #[derive(Serialize)]
 struct FinalJson<'a> {
     final_loss: f64,
-    eval: Option<LossJson>,
+    eval: Option<EvalJson>,
     out: &'a Path,
+}
+
+/// Held-out loss and the task metrics of greedy outputs.
+#[derive(Serialize)]
+struct EvalJson {
+    #[serde(flatten)]
+    loss: LossJson,
+    /// Fraction of the examples with a plain-text target answered exactly.
+    exact_match: Option<f64>,
+    /// Detection targets: recall at IoU 0.5, mean IoU of matches, spurious boxes.
+    detection: Option<DetectionJson>,
+}
+
+#[derive(Serialize)]
+struct DetectionJson {
+    recall_iou50: f64,
+    mean_iou: f64,
+    spurious: usize,
+    targets: usize,
+}
+
+/// Greedy outputs for `examples`, scored against their suffixes: detection metrics
+/// where the suffix parses as boxes, exact match elsewhere.
+fn evaluate<B: Backend>(
+    model: &Model<B>,
+    examples: &[Example],
+    batch_size: usize,
+) -> Res<EvalJson> {
+    use paligemma::task::{DetectionMatch, exact_match, parse_detections};
+    let loss = data_loss(model, examples, batch_size)?;
+    let (mut exact, mut texts) = (0usize, 0usize);
+    let mut boxes: Option<DetectionMatch> = None;
+    for ex in examples {
+        let budget = model.tokenizer().suffix_ids(&ex.suffix)?.len() + 16;
+        let options = paligemma::GenerateOptions::default().max_new_tokens(budget);
+        let out = model.generate(&ex.image, &ex.prefix, &options)?;
+        let (w, h) = (ex.image.width(), ex.image.height());
+        let target = parse_detections(&ex.suffix, w, h);
+        if !target.objects.is_empty() && target.skipped.is_empty() {
+            let predicted = parse_detections(&out.text, w, h).objects;
+            let m = DetectionMatch::of(&predicted, &target.objects);
+            boxes = Some(boxes.map_or(m, |b| b + m));
+        } else {
+            texts += 1;
+            exact += usize::from(exact_match(&out.text, &ex.suffix));
+        }
+    }
+    Ok(EvalJson {
+        loss,
+        exact_match: (texts > 0).then(|| exact as f64 / texts as f64),
+        detection: boxes.map(|m| DetectionJson {
+            recall_iou50: m.recall(),
+            mean_iou: m.mean_iou(),
+            spurious: m.spurious(),
+            targets: m.targets,
+        }),
+    })
 }
 
 /// SplitMix64, for a reproducible shuffle.
@@ -202,7 +259,7 @@ pub fn finetune<B: AutodiffBackend>(args: &FinetuneArgs, device: &B::Device) -> 
     let model = trainer.into_model()?.valid();
     let final_loss = data_loss(&model, &train, batch_size)?.loss;
     let eval = match &eval {
-        Some(examples) => Some(data_loss(&model, examples, batch_size)?),
+        Some(examples) => Some(evaluate(&model, examples, batch_size)?),
         None => None,
     };
     if model.has_lora() {

@@ -41,14 +41,17 @@
 //! - `parse.rs`: the lexer and parser of `<loc>`/`<seg>` outputs;
 //! - `objects.rs`: what parsing yields ([`BoundingBox`], [`Detection`], [`Segmentation`],
 //!   [`Skipped`]) and the inverse, [`format_objects`];
-//! - `run.rs`: the typed task methods on [`Model`](crate::Model).
+//! - `run.rs`: the typed task methods on [`Model`](crate::Model);
+//! - `metrics.rs`: box and mask IoU, detection recall, exact match.
 
+mod metrics;
 mod objects;
 mod parse;
 mod prompt;
 mod run;
 
 pub use crate::error::TaskError;
+pub use metrics::{DetectionMatch, box_iou, exact_match, mask_iou};
 pub use objects::{
     BoundingBox, Coordinates, Detection, MAX_LOC, MAX_SEG, ParseOutput, Segmentation, SkipReason,
     Skipped, detection_suffix, format_objects, loc_token, loc_value, seg_token,
