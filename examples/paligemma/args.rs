@@ -14,11 +14,11 @@ pub struct Cli {
     #[arg(long, global = true, default_value = "cpu", value_parser = parse_device)]
     pub device: Device,
     /// Compute dtype: f32, f16 (cpu, wgpu, cuda) or bf16 (cpu, cuda).
-    #[arg(long, global = true, value_enum, default_value_t = DtypeArg::F32)]
+    #[arg(long, global = true, value_enum, ignore_case = true, default_value_t = DtypeArg::F32)]
     pub dtype: DtypeArg,
     /// Weight matrices: backend (tensors in --dtype), or f32 / bf16 / int8 in host
     /// memory multiplied by the crate's CPU kernels (CPU backends, --dtype f32).
-    #[arg(long, global = true, value_enum, default_value_t = WeightsArg::Backend)]
+    #[arg(long, global = true, value_enum, ignore_case = true, default_value_t = WeightsArg::Backend)]
     pub weights: WeightsArg,
 }
 
@@ -46,11 +46,12 @@ fn parse_device(s: &str) -> Result<Device, String> {
         ),
         None => (s, None),
     };
-    match (kind, index) {
-        ("cpu", None) => Ok(Device::Cpu),
-        ("ndarray", None) => Ok(Device::Ndarray),
-        ("wgpu", None) => Ok(Device::Wgpu),
-        ("cuda", i) => Ok(Device::Cuda(i.unwrap_or(0))),
+    // An index is accepted on every kind, as before; only CUDA uses it.
+    match kind {
+        "cpu" => Ok(Device::Cpu),
+        "ndarray" => Ok(Device::Ndarray),
+        "wgpu" => Ok(Device::Wgpu),
+        "cuda" => Ok(Device::Cuda(index.unwrap_or(0))),
         _ => Err(format!(
             "unknown device {s:?}: use cpu, ndarray, wgpu or cuda[:N]"
         )),
