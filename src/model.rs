@@ -190,7 +190,7 @@ impl<B: Backend> Model<B> {
         prompts: &[(&Tensor<B, 3>, &[u32])],
         new_tokens: usize,
     ) -> Result<(DecodeState<B>, Tensor<B, 2>)> {
-        let pad = self.tokenizer.pad_id.unwrap_or(0);
+        let pad = self.tokenizer.padding_id();
         self.network.prefill(prompts, pad, new_tokens)
     }
 

@@ -82,6 +82,11 @@ impl Tokenizer {
         })
     }
 
+    /// The id batches are padded with: `<pad>`, or 0 when the tokenizer has none.
+    pub fn padding_id(&self) -> u32 {
+        self.pad_id.unwrap_or(0)
+    }
+
     /// The underlying `tokenizers` tokenizer.
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.tokenizer

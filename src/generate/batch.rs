@@ -54,7 +54,7 @@ impl<B: Backend> Model<B> {
         if !options.diagnostics.ignore_eos {
             stops.push(self.tokenizer().eos_id);
         }
-        let pad = self.tokenizer().pad_id.unwrap_or(0);
+        let pad = self.tokenizer().padding_id();
         let mut step_times = Vec::new();
         loop {
             let next = self.choose(&mut rows, &mut logits, &stops, options, &mut on_text)?;

@@ -137,7 +137,7 @@ impl<B: Backend> Model<B> {
             .map(|(p, s)| p.len() + s.len())
             .max()
             .unwrap_or(0);
-        let pad = tokenizer.pad_id.unwrap_or(0);
+        let pad = tokenizer.padding_id();
         let mut batch = Batch {
             input_ids: Vec::with_capacity(rows.len()),
             token_type_ids: Vec::with_capacity(rows.len()),

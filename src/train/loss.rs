@@ -87,7 +87,7 @@ impl<B: Backend> Model<B> {
         let (rows, width) = (batch.len(), batch.width());
         let features = net.image_features(batch.pixels::<B>(device));
         let [_, tokens, hidden] = features.dims();
-        let pad_id = self.tokenizer().pad_id.unwrap_or(0);
+        let pad_id = self.tokenizer().padding_id();
         let embedded = (0..rows)
             .map(|r| {
                 let f = features.clone().slice([r..r + 1, 0..tokens, 0..hidden]);
