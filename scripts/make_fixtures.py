@@ -576,6 +576,45 @@ def vae_decoder():
         torch.nn.Conv2d(16, 1, 1))
 
 
+def vae_encoder():
+    """An independent PyTorch version of the vae-oid mask encoder (see the spec and
+    big_vision's `encode_to_codebook_indices`): four conv 4x4 stride 2 padding 1 + ReLU
+    (1->16->32->64->128), two residual blocks, conv1x1 128->512. Indices match the npz."""
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 16, 4, 2, 1), torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 32, 4, 2, 1), torch.nn.ReLU(),
+        torch.nn.Conv2d(32, 64, 4, 2, 1), torch.nn.ReLU(),
+        torch.nn.Conv2d(64, 128, 4, 2, 1), torch.nn.ReLU(),
+        ResBlock(128), ResBlock(128),
+        torch.nn.Conv2d(128, 512, 1))
+
+
+def encoder_inputs():
+    """64 x 64 masks in [0, 1]: a disc, a square, a triangle (apex up), a soft ramp,
+    random noise and an empty mask."""
+    yy, xx = np.mgrid[0:64, 0:64].astype(np.float32) + 0.5
+    disc = ((yy - 32) ** 2 + (xx - 32) ** 2 <= 30 ** 2).astype(np.float32)
+    square = np.zeros((64, 64), np.float32)
+    square[8:56, 8:56] = 1
+    triangle = (np.abs(xx - 32) <= yy / 2).astype(np.float32)
+    ramp = np.tile(np.linspace(0, 1, 64, dtype=np.float32), (64, 1))
+    noise = np.random.default_rng(5).random((64, 64), dtype=np.float32)
+    return np.stack([disc, square, triangle, ramp, noise, np.zeros((64, 64), np.float32)])
+
+
+def encode_codes(encoder, codebook, masks):
+    """big_vision's encoding: masks in [0, 1] to [-1, 1], the encoder, then per cell of
+    the 4 x 4 grid (row-major) the nearest codebook row by L2. Also returns each cell's
+    gap between the nearest and the second-nearest distance."""
+    with torch.no_grad():
+        z = encoder(torch.from_numpy(masks)[:, None] * 2 - 1)  # [n, 512, 4, 4]
+        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]).double()
+        d = torch.cdist(flat, codebook.double()) ** 2
+        best = d.topk(2, largest=False)
+    gaps = (best.values[:, 1] - best.values[:, 0]).reshape(-1, 16)
+    return best.indices[:, 0].reshape(-1, 16).contiguous(), gaps, z
+
+
 def on_grid(t, step=1 / 256):
     """Values on a 1/256 grid: exact in f32 and compressible in the npz."""
     return torch.round(t / step) * step
@@ -642,6 +681,18 @@ def vae_fixture():
     arrays = {"_vq_vae._embedding": codebook.numpy()}
     for k, v in decoder.state_dict().items():
         arrays[f"decoder.{k}"] = v.numpy()
+    # The encoder draws from its own generator, so the decoder fixture above is the same
+    # with or without it.
+    encoder = vae_encoder()
+    init_vae(encoder, torch.Generator().manual_seed(4))
+    for k, v in encoder.state_dict().items():
+        arrays[f"encoder.{k}"] = v.numpy()
+    inputs = encoder_inputs()
+    enc_codes, gaps, latents = encode_codes(encoder, codebook, inputs)
+    assert float(gaps.min()) > 1e-2, f"a grid cell is nearly equidistant from two codes: {float(gaps.min())}"
+    assert len(set(enc_codes.flatten().tolist())) > 8, "the random encoder uses too few codes"
+    save_file({"masks": torch.from_numpy(inputs), "codes": enc_codes, "latents": latents.contiguous()},
+              EXPECTED / "mask_encoder.safetensors")
     out = ROOT / "vae"
     out.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out / "vae-oid-random.npz", **arrays)
@@ -652,7 +703,8 @@ def vae_fixture():
               EXPECTED / "vae.safetensors")
     meta = {"text": text, "width": width, "height": height,
             "mask_range": [float(masks.min()), float(masks.max())], "pasted_fraction_on": inside,
-            "residual_block": "conv3x3 128->128, ReLU, conv3x3 128->128, ReLU, conv1x1 128->128, + input"}
+            "residual_block": "conv3x3 128->128, ReLU, conv3x3 128->128, ReLU, conv1x1 128->128, + input",
+            "encoder_min_gap": float(gaps.min()), "encoder_codes_used": len(set(enc_codes.flatten().tolist()))}
     (EXPECTED / "vae.json").write_text(json.dumps(meta, indent=1))
     return meta
 

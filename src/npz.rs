@@ -30,10 +30,20 @@ pub(crate) fn read_npz(
     path: &Path,
     wanted: impl Fn(&str) -> bool,
 ) -> Result<HashMap<String, NpyArray>> {
-    let bad = |reason: String| Error::MaskDecoder(format!("{}: {reason}", path.display()));
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    read_npz_from(file, &path.display().to_string(), wanted)
+}
+
+/// [`read_npz`] from any seekable reader (an archive in memory); `name` stands for it
+/// in errors.
+pub(crate) fn read_npz_from(
+    reader: impl std::io::Read + std::io::Seek,
+    name: &str,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<HashMap<String, NpyArray>> {
+    let bad = |reason: String| Error::MaskDecoder(format!("{name}: {reason}"));
     let mut zip =
-        zip::ZipArchive::new(file).map_err(|e| bad(format!("not an npz archive: {e}")))?;
+        zip::ZipArchive::new(reader).map_err(|e| bad(format!("not an npz archive: {e}")))?;
     let mut arrays = HashMap::new();
     for i in 0..zip.len() {
         let mut entry = zip.by_index(i).map_err(|e| bad(e.to_string()))?;
@@ -49,6 +59,52 @@ pub(crate) fn read_npz(
         arrays.insert(name, array);
     }
     Ok(arrays)
+}
+
+/// Write arrays as an uncompressed `.npz` (little-endian f4 `.npy` entries, C order),
+/// into a temporary file renamed over `path` once complete.
+pub(crate) fn write_npz(path: &Path, arrays: &[(String, NpyArray)]) -> Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("npz.partial");
+    let written = (|| -> std::result::Result<(), String> {
+        let file = std::fs::File::create(&tmp).map_err(|e| e.to_string())?;
+        let mut zip = zip::ZipWriter::new(std::io::BufWriter::new(file));
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        for (name, array) in arrays {
+            zip.start_file(format!("{name}.npy"), options)
+                .map_err(|e| e.to_string())?;
+            let dims: Vec<String> = array.shape.iter().map(usize::to_string).collect();
+            let shape = match dims.len() {
+                1 => format!("({},)", dims[0]),
+                _ => format!("({})", dims.join(", ")),
+            };
+            let mut header =
+                format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+            // Magic, version and length take 10 bytes; the header ends with a newline
+            // and pads the whole preamble to a multiple of 64.
+            let padded = (10 + header.len() + 1).div_ceil(64) * 64;
+            header.push_str(&" ".repeat(padded - 10 - header.len() - 1));
+            header.push('\n');
+            zip.write_all(b"\x93NUMPY\x01\x00")
+                .map_err(|e| e.to_string())?;
+            zip.write_all(&(header.len() as u16).to_le_bytes())
+                .map_err(|e| e.to_string())?;
+            zip.write_all(header.as_bytes())
+                .map_err(|e| e.to_string())?;
+            let bytes: Vec<u8> = array.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+            zip.write_all(&bytes).map_err(|e| e.to_string())?;
+        }
+        let mut out = zip.finish().map_err(|e| e.to_string())?;
+        out.flush().map_err(|e| e.to_string())
+    })();
+    let done = written
+        .map_err(|reason| Error::MaskDecoder(format!("{}: {reason}", tmp.display())))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
+    if done.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    done
 }
 
 /// Parse a little-endian, C-order `.npy` array of f4 or f8.
@@ -148,6 +204,34 @@ mod tests {
         out.extend(header.as_bytes());
         out.extend(payload);
         out
+    }
+
+    #[test]
+    fn written_archives_read_back() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("a.npz");
+        let arrays = vec![
+            (
+                "x.w".to_string(),
+                NpyArray {
+                    shape: vec![2, 3],
+                    data: vec![1.0, 2.0, 3.0, 4.0, 5.0, -6.5],
+                },
+            ),
+            (
+                "b".to_string(),
+                NpyArray {
+                    shape: vec![1],
+                    data: vec![0.25],
+                },
+            ),
+        ];
+        write_npz(&path, &arrays).unwrap_or_else(|e| panic!("{e}"));
+        let back = read_npz(&path, |_| true).unwrap_or_else(|e| panic!("{e}"));
+        for (name, a) in &arrays {
+            assert_eq!(back[name].shape, a.shape);
+            assert_eq!(back[name].data, a.data);
+        }
     }
 
     #[test]

@@ -20,7 +20,7 @@ use burn::tensor::{
 };
 
 use crate::error::{Error, Result};
-use crate::npz::{NpyArray, read_npz};
+use crate::npz::{NpyArray, read_npz, read_npz_from};
 use crate::resize::{Filter, resize_f32};
 
 /// Side of the decoded mask.
@@ -35,12 +35,163 @@ pub(crate) struct Conv<B: Backend> {
     bias: Param<Tensor<B, 1>>,
 }
 
-/// 3x3 conv, ReLU, 3x3 conv, ReLU, 1x1 conv, plus the input.
+impl<B: Backend> Conv<B> {
+    /// The conv `name` of an npz whose input must be `c_in` wide (the previous layer's
+    /// output); `transposed` weights are `[in, out, kh, kw]`, regular ones
+    /// `[out, in, kh, kw]`. Returns the conv and its output width.
+    pub(crate) fn load(
+        a: &HashMap<String, NpyArray>,
+        name: &str,
+        c_in: usize,
+        kernel: usize,
+        transposed: bool,
+        device: &B::Device,
+    ) -> std::result::Result<(Self, usize), String> {
+        let w = array(a, &format!("{name}.weight"), 4)?;
+        let (i, o) = if transposed {
+            (w.shape[0], w.shape[1])
+        } else {
+            (w.shape[1], w.shape[0])
+        };
+        if i != c_in || w.shape[2] != kernel || w.shape[3] != kernel {
+            return Err(format!(
+                "{name}.weight has shape {:?}; expected {c_in} input channels and a {kernel}x{kernel} kernel",
+                w.shape
+            ));
+        }
+        let b = array(a, &format!("{name}.bias"), 1)?;
+        if b.shape[0] != o {
+            return Err(format!(
+                "{name}.bias has {} entries, expected {o}",
+                b.shape[0]
+            ));
+        }
+        let conv = Conv {
+            weight: Param::from_tensor(w.tensor::<B, 4>(device)),
+            bias: Param::from_tensor(b.tensor::<B, 1>(device)),
+        };
+        Ok((conv, o))
+    }
+
+    /// Its weight and bias as npz arrays `{name}.weight`, `{name}.bias`.
+    pub(crate) fn push_arrays(&self, name: &str, out: &mut Vec<(String, NpyArray)>) {
+        out.push((format!("{name}.weight"), param_array(&self.weight)));
+        out.push((format!("{name}.bias"), param_array(&self.bias)));
+    }
+
+    /// A regular convolution with `stride` and symmetric `padding`.
+    pub(crate) fn forward(&self, x: Tensor<B, 4>, stride: usize, padding: usize) -> Tensor<B, 4> {
+        let options = ConvOptions::new([stride, stride], [padding, padding], [1, 1], 1);
+        conv2d(x, self.weight.val(), Some(self.bias.val()), options)
+    }
+}
+
+/// 3x3 conv, ReLU, 3x3 conv, ReLU, 1x1 conv, plus the input (no ReLU after the sum).
 #[derive(Module, Debug)]
 pub(crate) struct ResBlock<B: Backend> {
     conv1: Conv<B>,
     conv2: Conv<B>,
     conv3: Conv<B>,
+}
+
+impl<B: Backend> ResBlock<B> {
+    /// The block `{name}.net.{0,2,4}` of an npz, `width` channels in and out.
+    pub(crate) fn load(
+        a: &HashMap<String, NpyArray>,
+        name: &str,
+        width: usize,
+        device: &B::Device,
+    ) -> std::result::Result<Self, String> {
+        let (conv1, c1) = Conv::load(a, &format!("{name}.net.0"), width, 3, false, device)?;
+        let (conv2, c2) = Conv::load(a, &format!("{name}.net.2"), c1, 3, false, device)?;
+        let (conv3, c3) = Conv::load(a, &format!("{name}.net.4"), c2, 1, false, device)?;
+        if c3 != width {
+            return Err(format!("residual block {name} changes the width"));
+        }
+        Ok(ResBlock {
+            conv1,
+            conv2,
+            conv3,
+        })
+    }
+
+    /// Its convs as npz arrays `{name}.net.{0,2,4}.*`.
+    pub(crate) fn push_arrays(&self, name: &str, out: &mut Vec<(String, NpyArray)>) {
+        self.conv1.push_arrays(&format!("{name}.net.0"), out);
+        self.conv2.push_arrays(&format!("{name}.net.2"), out);
+        self.conv3.push_arrays(&format!("{name}.net.4"), out);
+    }
+
+    pub(crate) fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let h = relu(self.conv1.forward(x.clone(), 1, 1));
+        let h = relu(self.conv2.forward(h, 1, 1));
+        self.conv3.forward(h, 1, 0) + x
+    }
+}
+
+/// Read the arrays of one half of a `vae-oid.npz` (names starting with `part`) and the
+/// codebook, and build it with `build`; errors name the file.
+pub(crate) fn read_vae_part<T>(
+    path: &Path,
+    part: &str,
+    build: impl FnOnce(&HashMap<String, NpyArray>) -> std::result::Result<T, String>,
+) -> Result<T> {
+    let arrays = read_npz(path, |name| {
+        name.starts_with(part) || name == "_vq_vae._embedding"
+    })?;
+    build(&arrays).map_err(|reason| Error::MaskDecoder(format!("{}: {reason}", path.display())))
+}
+
+/// [`read_vae_part`] from the bytes of an archive (an embedded file) called `name`.
+pub(crate) fn read_vae_part_from_bytes<T>(
+    bytes: &[u8],
+    name: &str,
+    part: &str,
+    build: impl FnOnce(&HashMap<String, NpyArray>) -> std::result::Result<T, String>,
+) -> Result<T> {
+    let arrays = read_npz_from(std::io::Cursor::new(bytes), name, |n| {
+        n.starts_with(part) || n == "_vq_vae._embedding"
+    })?;
+    build(&arrays).map_err(|reason| Error::MaskDecoder(format!("{name}: {reason}")))
+}
+
+/// The codebook `[entries, width]`, neither empty.
+pub(crate) fn codebook(a: &HashMap<String, NpyArray>) -> std::result::Result<&NpyArray, String> {
+    let c = array(a, "_vq_vae._embedding", 2)?;
+    if c.shape[0] == 0 || c.shape[1] == 0 {
+        return Err(format!("the codebook has shape {:?}", c.shape));
+    }
+    Ok(c)
+}
+
+/// A parameter's values and shape as an npz array.
+pub(crate) fn param_array<B: Backend, const D: usize>(p: &Param<Tensor<B, D>>) -> NpyArray {
+    let t = p.val();
+    let shape = t.dims().to_vec();
+    let data = t
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .unwrap_or_default();
+    NpyArray { shape, data }
+}
+
+/// Array `name` of an npz, of rank `rank`.
+pub(crate) fn array<'a>(
+    a: &'a HashMap<String, NpyArray>,
+    name: &str,
+    rank: usize,
+) -> std::result::Result<&'a NpyArray, String> {
+    let arr = a
+        .get(name)
+        .ok_or_else(|| format!("array {name} is missing"))?;
+    if arr.shape.len() != rank {
+        return Err(format!(
+            "{name} has shape {:?}, expected rank {rank}",
+            arr.shape
+        ));
+    }
+    Ok(arr)
 }
 
 /// The segmentation mask decoder.
@@ -56,81 +207,22 @@ pub struct MaskDecoder<B: Backend> {
 impl<B: Backend> MaskDecoder<B> {
     /// Load `vae-oid.npz` (a zip of `.npy` arrays named after a PyTorch state dict).
     pub fn from_npz(path: impl AsRef<Path>, device: &B::Device) -> Result<Self> {
-        let path = path.as_ref();
         // Inference needs only the decoder; the encoder's arrays are left unread.
-        let arrays = read_npz(path, |name| {
-            name.starts_with("decoder.") || name == "_vq_vae._embedding"
-        })?;
-        Self::from_arrays(&arrays, device)
-            .map_err(|reason| Error::MaskDecoder(format!("{}: {reason}", path.display())))
+        read_vae_part(path.as_ref(), "decoder.", |a| Self::from_arrays(a, device))
     }
 
-    fn from_arrays(
+    pub(crate) fn from_arrays(
         a: &HashMap<String, NpyArray>,
         device: &B::Device,
     ) -> std::result::Result<Self, String> {
-        let get = |name: &str, rank: usize| -> std::result::Result<&NpyArray, String> {
-            let arr = a
-                .get(name)
-                .ok_or_else(|| format!("array {name} is missing"))?;
-            if arr.shape.len() != rank {
-                return Err(format!(
-                    "{name} has shape {:?}, expected rank {rank}",
-                    arr.shape
-                ));
-            }
-            Ok(arr)
-        };
-        let codebook_arr = get("_vq_vae._embedding", 2)?;
-        if codebook_arr.shape[0] == 0 {
-            return Err("the codebook is empty".into());
-        }
+        let codebook_arr = codebook(a)?;
         let mut channels = codebook_arr.shape[1];
-        // A conv whose input width must be `c_in` (the output of the previous layer);
-        // `transposed` weights are [in, out, kh, kw], regular ones [out, in, kh, kw].
         let conv = |name: &str, c_in: usize, kernel: usize, transposed: bool| {
-            let w = get(&format!("{name}.weight"), 4)?;
-            let (i, o) = if transposed {
-                (w.shape[0], w.shape[1])
-            } else {
-                (w.shape[1], w.shape[0])
-            };
-            if i != c_in || w.shape[2] != kernel || w.shape[3] != kernel {
-                return Err(format!(
-                    "{name}.weight has shape {:?}; expected {c_in} input channels and a {kernel}x{kernel} kernel",
-                    w.shape
-                ));
-            }
-            let b = get(&format!("{name}.bias"), 1)?;
-            if b.shape[0] != o {
-                return Err(format!(
-                    "{name}.bias has {} entries, expected {o}",
-                    b.shape[0]
-                ));
-            }
-            Ok::<_, String>((
-                Conv {
-                    weight: Param::from_tensor(w.tensor::<B, 4>(device)),
-                    bias: Param::from_tensor(b.tensor::<B, 1>(device)),
-                },
-                o,
-            ))
+            Conv::load(a, name, c_in, kernel, transposed, device)
         };
         let (input, c) = conv("decoder.0", channels, 1, false)?;
         channels = c;
-        let block = |i: usize| -> std::result::Result<ResBlock<B>, String> {
-            let (conv1, c1) = conv(&format!("decoder.{i}.net.0"), channels, 3, false)?;
-            let (conv2, c2) = conv(&format!("decoder.{i}.net.2"), c1, 3, false)?;
-            let (conv3, c3) = conv(&format!("decoder.{i}.net.4"), c2, 1, false)?;
-            if c3 != channels {
-                return Err(format!("residual block decoder.{i} changes the width"));
-            }
-            Ok(ResBlock {
-                conv1,
-                conv2,
-                conv3,
-            })
-        };
+        let block = |i: usize| ResBlock::load(a, &format!("decoder.{i}"), channels, device);
         let blocks = [block(2)?, block(3)?];
         let mut up = Vec::with_capacity(4);
         for i in [4, 6, 8, 10] {
@@ -188,15 +280,16 @@ impl<B: Backend> MaskDecoder<B> {
             .select(0, idx)
             .reshape([n, 4, 4, dim])
             .permute([0, 3, 1, 2]);
-        let same = |p: usize| ConvOptions::new([1, 1], [p, p], [1, 1], 1);
-        let apply = |c: &Conv<B>, x: Tensor<B, 4>, p: usize| {
-            conv2d(x, c.weight.val(), Some(c.bias.val()), same(p))
-        };
-        let mut x = relu(apply(&self.input, x, 0));
+        Ok(self.decode_grid(x))
+    }
+
+    /// The decoder proper: a `[n, width, 4, 4]` grid of codebook vectors (or, while
+    /// training, their straight-through stand-ins) to `[n, 64, 64]` soft masks.
+    pub(crate) fn decode_grid(&self, x: Tensor<B, 4>) -> Tensor<B, 3> {
+        let n = x.dims()[0];
+        let mut x = relu(self.input.forward(x, 1, 0));
         for b in &self.blocks {
-            let h = relu(apply(&b.conv1, x.clone(), 1));
-            let h = relu(apply(&b.conv2, h, 1));
-            x = apply(&b.conv3, h, 0) + x;
+            x = b.forward(x);
         }
         for up in &self.upsample {
             let opts = ConvTransposeOptions::new([2, 2], [1, 1], [0, 0], [1, 1], 1);
@@ -207,8 +300,37 @@ impl<B: Backend> MaskDecoder<B> {
                 opts,
             ));
         }
-        let x = apply(&self.output, x, 0);
-        Ok(x.reshape([n, MASK_SIZE, MASK_SIZE]))
+        self.output
+            .forward(x, 1, 0)
+            .reshape([n, MASK_SIZE, MASK_SIZE])
+    }
+
+    /// The codebook `[entries, width]`.
+    pub(crate) fn codebook(&self) -> Tensor<B, 2> {
+        self.codebook.val()
+    }
+
+    /// Load from the bytes of a `vae-oid.npz` (an embedded file); `name` stands for it
+    /// in errors.
+    pub(crate) fn from_npz_bytes(bytes: &[u8], name: &str, device: &B::Device) -> Result<Self> {
+        read_vae_part_from_bytes(bytes, name, "decoder.", |a| Self::from_arrays(a, device))
+    }
+
+    /// Every array of the decoder and the codebook, named as in `vae-oid.npz`.
+    pub(crate) fn to_arrays(&self) -> Vec<(String, NpyArray)> {
+        let mut out = vec![(
+            "_vq_vae._embedding".to_string(),
+            param_array(&self.codebook),
+        )];
+        self.input.push_arrays("decoder.0", &mut out);
+        for (b, i) in self.blocks.iter().zip([2, 3]) {
+            b.push_arrays(&format!("decoder.{i}"), &mut out);
+        }
+        for (u, i) in self.upsample.iter().zip([4, 6, 8, 10]) {
+            u.push_arrays(&format!("decoder.{i}"), &mut out);
+        }
+        self.output.push_arrays("decoder.12", &mut out);
+        out
     }
 
     /// [`MaskDecoder::forward`] into host memory: one row-major 64 x 64 map per code set.
@@ -283,6 +405,27 @@ pub fn paste_mask(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An empty codebook (no rows, or rows of width 0) is an error naming the file,
+    /// for the decoder and the encoder alike.
+    #[test]
+    fn empty_codebooks_are_refused() {
+        use crate::backend::Cpu;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        for shape in [vec![128, 0], vec![0, 512]] {
+            let path = dir.path().join("vae.npz");
+            let codebook = NpyArray {
+                shape,
+                data: Vec::new(),
+            };
+            crate::npz::write_npz(&path, &[("_vq_vae._embedding".into(), codebook)])
+                .unwrap_or_else(|e| panic!("{e}"));
+            let err = MaskDecoder::<Cpu>::from_npz(&path, &Default::default()).err();
+            assert!(err.is_some_and(|e| e.to_string().contains("codebook")));
+            let err = crate::MaskEncoder::<Cpu>::from_npz(&path, &Default::default()).err();
+            assert!(err.is_some_and(|e| e.to_string().contains("codebook")));
+        }
+    }
 
     #[test]
     fn paste_clips_and_handles_empty_boxes() {

@@ -413,3 +413,53 @@ fn pasted_masks_match_big_vision_evaluator() {
         assert!(o.mask.area() > 0);
     }
 }
+
+/// The encoder turns masks into the codes an independent PyTorch encoder finds (and
+/// its continuous output agrees to 1e-4), on the random fixture npz.
+#[test]
+fn mask_encoder_matches_pytorch() {
+    let path = fixtures().join("vae/vae-oid-random.npz");
+    let encoder = paligemma::MaskEncoder::<Cpu>::from_npz(path, &Default::default()).unwrap();
+    let t = expected_tensors("mask_encoder");
+    let masks: Vec<Vec<f32>> = t["masks"]
+        .data
+        .chunks_exact(64 * 64)
+        .map(<[f32]>::to_vec)
+        .collect();
+    let n = masks.len();
+    let input = Tensor::<Cpu, 4>::from_data(
+        TensorData::new(masks.concat(), [n, 1, 64, 64]),
+        &Default::default(),
+    );
+    let latents = tensor_vec(encoder.latents(input));
+    let diff = max_abs_diff(&latents, &t["latents"].data);
+    let scale = t["latents"].data.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(
+        diff < 1e-4 * scale.max(1.0),
+        "latents differ by {diff} (scale {scale})"
+    );
+    let codes: Vec<f32> = encoder
+        .encode(&masks)
+        .unwrap()
+        .concat()
+        .iter()
+        .map(|&c| f32::from(c))
+        .collect();
+    assert_eq!(codes, t["codes"].data);
+}
+
+/// Masks of the wrong size and missing files are typed errors.
+#[test]
+fn mask_encoder_rejects_bad_masks() {
+    let path = fixtures().join("vae/vae-oid-random.npz");
+    let encoder = paligemma::MaskEncoder::<Cpu>::from_npz(path, &Default::default()).unwrap();
+    assert_eq!(encoder.codebook_size(), 128);
+    assert!(encoder.encode(&[vec![0.0; 10]]).is_err());
+    assert!(encoder.encode(&[]).unwrap().is_empty());
+    // The decoder fixture alone has no encoder: a typed error naming the array.
+    let err = paligemma::MaskEncoder::<Cpu>::from_npz(
+        fixtures().join("vae/missing.npz"),
+        &Default::default(),
+    );
+    assert!(err.is_err());
+}

@@ -4,10 +4,10 @@ use std::path::Path;
 use std::time::Instant;
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use paligemma::Model;
 use paligemma::train::{
-    Example, LoraConfig, Method, Optimizer, Reduction, Schedule, Trainer, read_examples,
+    Example, LoraConfig, Method, Optimizer, Reduction, Schedule, Trainer, read_examples_with,
 };
+use paligemma::{MaskEncoder, Model};
 use serde::Serialize;
 
 use crate::Res;
@@ -15,8 +15,22 @@ use crate::args::{FinetuneArgs, LossArgs, MethodArg, OptimizerArg, ScheduleArg};
 
 /// Read a data file and check that every example becomes a valid batch row before
 /// any work starts; errors name the file and line.
-fn examples<B: Backend>(model: &Model<B>, path: &Path) -> Res<Vec<Example>> {
-    let lines = read_examples(path)?;
+/// The mask encoder of a checkpoint (or of the demo), when it has a `vae-oid.npz`,
+/// for `"masks"` lines.
+fn mask_encoder(model_path: &Path) -> Res<Option<MaskEncoder<paligemma::backend::Cpu>>> {
+    let device = Default::default();
+    if model_path.as_os_str() == "demo" {
+        return Ok(Some(MaskEncoder::demo(&device)?));
+    }
+    let vae = model_path.join("vae-oid.npz");
+    Ok(match vae.is_file() {
+        true => Some(MaskEncoder::from_npz(&vae, &device)?),
+        false => None,
+    })
+}
+
+fn examples<B: Backend>(model: &Model<B>, model_path: &Path, path: &Path) -> Res<Vec<Example>> {
+    let lines = read_examples_with(path, mask_encoder(model_path)?.as_ref())?;
     for (line, ex) in &lines {
         model
             .training_batch(std::slice::from_ref(ex))
@@ -58,8 +72,8 @@ fn data_loss<B: Backend>(
 }
 
 pub fn loss<B: Backend>(args: &LossArgs, device: &B::Device) -> Res<()> {
-    let model = Model::<B>::from_pretrained(&args.model, device)?;
-    let examples = examples(&model, &args.data)?;
+    let model = crate::commands::open_model::<B>(&args.model, device, &Default::default())?;
+    let examples = examples(&model, &args.model, &args.data)?;
     let out = data_loss(&model, &examples, args.batch_size.unwrap_or(examples.len()))?;
     if args.json {
         println!("{}", serde_json::to_string(&out)?);
@@ -94,6 +108,15 @@ struct EvalJson {
     exact_match: Option<f64>,
     /// Detection targets: recall at IoU 0.5, mean IoU of matches, spurious boxes.
     detection: Option<DetectionJson>,
+    /// Segmentation targets (with a mask decoder): each true object's best mask IoU
+    /// among the predicted objects of its label (0 when none), averaged.
+    segmentation: Option<SegmentationJson>,
+}
+
+#[derive(Serialize)]
+struct SegmentationJson {
+    mean_mask_iou: f64,
+    objects: usize,
 }
 
 #[derive(Serialize)]
@@ -105,16 +128,20 @@ struct DetectionJson {
 }
 
 /// Greedy outputs for `examples`, scored against their suffixes: detection metrics
-/// where the suffix parses as boxes, exact match elsewhere.
+/// where the suffix parses as boxes (and mask IoU where it has `<seg>` codes and the
+/// model a mask decoder), exact match elsewhere.
 fn evaluate<B: Backend>(
     model: &Model<B>,
     examples: &[Example],
     batch_size: usize,
 ) -> Res<EvalJson> {
-    use paligemma::task::{DetectionMatch, exact_match, parse_detections};
+    use paligemma::task::{
+        DetectionMatch, exact_match, mask_iou, parse_detections, segmentations_from_text,
+    };
     let loss = data_loss(model, examples, batch_size)?;
     let (mut exact, mut texts) = (0usize, 0usize);
     let mut boxes: Option<DetectionMatch> = None;
+    let mut masks: Option<(f64, usize)> = None;
     for ex in examples {
         let budget = model.tokenizer().suffix_ids(&ex.suffix)?.len() + 16;
         let options = paligemma::GenerateOptions::default().max_new_tokens(budget);
@@ -125,6 +152,22 @@ fn evaluate<B: Backend>(
             let predicted = parse_detections(&out.text, w, h).objects;
             let m = DetectionMatch::of(&predicted, &target.objects);
             boxes = Some(boxes.map_or(m, |b| b + m));
+            let decoder = model.mask_decoder();
+            if let Some(decoder) =
+                decoder.filter(|_| target.objects.iter().all(|o| o.seg_codes.is_some()))
+            {
+                let (truth, _) = segmentations_from_text(&ex.suffix, w, h, decoder)?;
+                let (predicted, _) = segmentations_from_text(&out.text, w, h, decoder)?;
+                let (mut sum, n) = masks.unwrap_or((0.0, 0));
+                for t in &truth {
+                    sum += predicted
+                        .iter()
+                        .filter(|p| p.label == t.label)
+                        .map(|p| mask_iou(&p.mask, &t.mask))
+                        .fold(0.0, f64::max);
+                }
+                masks = Some((sum, n + truth.len()));
+            }
         } else {
             texts += 1;
             exact += usize::from(exact_match(&out.text, &ex.suffix));
@@ -138,6 +181,10 @@ fn evaluate<B: Backend>(
             mean_iou: m.mean_iou(),
             spurious: m.spurious(),
             targets: m.targets,
+        }),
+        segmentation: masks.map(|(sum, n)| SegmentationJson {
+            mean_mask_iou: if n == 0 { 0.0 } else { sum / n as f64 },
+            objects: n,
         }),
     })
 }
@@ -192,10 +239,10 @@ pub fn finetune<B: AutodiffBackend>(args: &FinetuneArgs, device: &B::Device) -> 
             other => other,
         },
     };
-    let model = Model::<B>::from_pretrained(&args.model, device)?;
-    let train = examples(&model, &args.data)?;
+    let model = crate::commands::open_model::<B>(&args.model, device, &Default::default())?;
+    let train = examples(&model, &args.model, &args.data)?;
     let eval = match &args.eval {
-        Some(path) => Some(examples(&model, path)?),
+        Some(path) => Some(examples(&model, &args.model, path)?),
         None => None,
     };
     let batch_size = args.batch_size.max(1);

@@ -52,10 +52,11 @@ mod run;
 
 pub use crate::error::TaskError;
 pub use metrics::{DetectionMatch, box_iou, exact_match, mask_iou};
+pub(crate) use objects::target_objects;
 pub use objects::{
     BoundingBox, Coordinates, Detection, MAX_LOC, MAX_SEG, ParseOutput, Segmentation, SkipReason,
     Skipped, detection_suffix, format_objects, loc_token, loc_value, seg_token,
 };
 pub use parse::{parse_detections, parse_objects_with, parse_segmentations};
 pub use prompt::Task;
-pub use run::{TaskOutput, segmentations_from_text};
+pub use run::{MAX_MASK_PIXELS, TaskOutput, segmentations_from_text};

@@ -279,7 +279,17 @@ pub fn detection_suffix<S: AsRef<str>>(
     width: u32,
     height: u32,
 ) -> std::result::Result<String, String> {
-    let mut parts = Vec::with_capacity(objects.len());
+    Ok(format_objects(&target_objects(objects, width, height)?))
+}
+
+/// Labelled pixel boxes as detections on the `<loc>` grid (no `<seg>` codes), checked
+/// as [`detection_suffix`] documents.
+pub(crate) fn target_objects<S: AsRef<str>>(
+    objects: &[(S, BoundingBox)],
+    width: u32,
+    height: u32,
+) -> std::result::Result<Vec<Detection>, String> {
+    let mut out = Vec::with_capacity(objects.len());
     for (i, (label, b)) in objects.iter().enumerate() {
         let label = label.as_ref().trim();
         if label.is_empty() || label.contains([';', '\n', '\r', '<', '>']) {
@@ -306,8 +316,12 @@ pub fn detection_suffix<S: AsRef<str>>(
                 [b.x_min, b.y_min, b.x_max, b.y_max]
             ));
         }
-        let tokens: String = loc.iter().map(|&v| loc_token(v)).collect();
-        parts.push(format!("{tokens} {label}"));
+        out.push(Detection {
+            label: label.to_string(),
+            bbox: *b,
+            loc,
+            seg_codes: None,
+        });
     }
-    Ok(parts.join(" ; "))
+    Ok(out)
 }

@@ -1,6 +1,9 @@
 //! Training data files: JSON lines of `{"image": "path", "prefix": "...", "suffix":
 //! "..."}`, image paths relative to the file; instead of `suffix`, `"boxes": [{"label":
-//! "cat", "bbox": [x_min, y_min, x_max, y_max]}]` in pixels makes a detection target.
+//! "cat", "bbox": [x_min, y_min, x_max, y_max]}]` in pixels makes a detection target,
+//! and `"masks": [{"label": "cat", "mask": "cat-mask.png"}]` (a mask image of the
+//! image's size, non-black inside the object; optionally a `"bbox"`, otherwise the
+//! mask's extent) a segmentation target, encoded by the checkpoint's VQ-VAE encoder.
 //! Every line is checked (JSON, fields, image, target) before anything trains, and an
 //! error names the file and line.
 
@@ -10,8 +13,11 @@ use serde::Deserialize;
 
 use super::batch::Example;
 use crate::error::{Error, Result};
+use crate::mask_encoder::MaskEncoder;
 use crate::preprocess::load_image;
+use crate::segmentation::BinaryMask;
 use crate::task::{BoundingBox, detection_suffix};
+use burn::tensor::backend::Backend;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -20,7 +26,15 @@ struct Line {
     prefix: String,
     suffix: Option<String>,
     boxes: Option<Vec<LabelledBox>>,
-    masks: Option<serde_json::Value>,
+    masks: Option<Vec<LabelledMask>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LabelledMask {
+    label: String,
+    mask: String,
+    bbox: Option<[f64; 4]>,
 }
 
 #[derive(Deserialize)]
@@ -45,6 +59,16 @@ struct LabelledBox {
 /// # Ok(()) }
 /// ```
 pub fn read_examples(path: impl AsRef<Path>) -> Result<Vec<(usize, Example)>> {
+    read_examples_with::<crate::backend::Cpu>(path, None)
+}
+
+/// [`read_examples`], with the mask `encoder` that turns `"masks"` lines into
+/// segmentation targets (`MaskEncoder::from_npz` on the checkpoint's `vae-oid.npz`);
+/// without one such lines are an error.
+pub fn read_examples_with<B: Backend>(
+    path: impl AsRef<Path>,
+    encoder: Option<&MaskEncoder<B>>,
+) -> Result<Vec<(usize, Example)>> {
     let path = path.as_ref();
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let base = path.parent().unwrap_or(Path::new("."));
@@ -65,27 +89,35 @@ pub fn read_examples(path: impl AsRef<Path>) -> Result<Vec<(usize, Example)>> {
             (None, Some(boxes), None) => {
                 let objects: Vec<(String, BoundingBox)> = boxes
                     .into_iter()
-                    .map(|b| {
-                        let [x_min, y_min, x_max, y_max] = b.bbox;
-                        (
-                            b.label,
-                            BoundingBox {
-                                x_min,
-                                y_min,
-                                x_max,
-                                y_max,
-                            },
-                        )
-                    })
+                    .map(|b| (b.label, pixel_box(b.bbox)))
                     .collect();
                 detection_suffix(&objects, image.width(), image.height()).map_err(at)?
             }
-            (None, None, Some(_)) => {
-                return Err(at(
-                    "\"masks\" targets need the VQ-VAE encoder, which this version \
-                               does not have yet; give the <seg> codes in \"suffix\""
-                        .into(),
-                ));
+            (None, None, Some(masks)) => {
+                let encoder = encoder.ok_or_else(|| {
+                    at("\"masks\" targets need the checkpoint's VQ-VAE encoder \
+                        (vae-oid.npz); give the <seg> codes in \"suffix\" instead"
+                        .into())
+                })?;
+                let (w, h) = (image.width(), image.height());
+                let mut objects = Vec::with_capacity(masks.len());
+                for m in masks {
+                    let mask = read_mask(&base.join(&m.mask), w, h).map_err(&at)?;
+                    let bbox = match m.bbox {
+                        Some(b) => pixel_box(b),
+                        None => {
+                            extent(&mask).ok_or_else(|| at(format!("{}: empty mask", m.mask)))?
+                        }
+                    };
+                    objects.push((m.label, bbox, mask));
+                }
+                let refs: Vec<(&str, BoundingBox, &BinaryMask)> = objects
+                    .iter()
+                    .map(|(l, b, m)| (l.as_str(), *b, m))
+                    .collect();
+                encoder
+                    .segmentation_suffix(&refs, w, h)
+                    .map_err(|e| at(e.to_string()))?
             }
             _ => {
                 return Err(at(
@@ -103,4 +135,47 @@ pub fn read_examples(path: impl AsRef<Path>) -> Result<Vec<(usize, Example)>> {
         });
     }
     Ok(out)
+}
+
+fn pixel_box([x_min, y_min, x_max, y_max]: [f64; 4]) -> BoundingBox {
+    BoundingBox {
+        x_min,
+        y_min,
+        x_max,
+        y_max,
+    }
+}
+
+/// A mask image of `width x height`: pixels with any non-zero channel are inside.
+fn read_mask(path: &Path, width: u32, height: u32) -> std::result::Result<BinaryMask, String> {
+    let img = load_image(path).map_err(|e| e.to_string())?.to_luma8();
+    if img.dimensions() != (width, height) {
+        return Err(format!(
+            "{}: the mask is {}x{}, the image {width}x{height}",
+            path.display(),
+            img.width(),
+            img.height()
+        ));
+    }
+    Ok(BinaryMask {
+        width,
+        height,
+        data: img.pixels().map(|p| p.0[0] > 0).collect(),
+    })
+}
+
+/// The smallest pixel box holding every pixel of `mask`, or `None` when it is empty.
+fn extent(mask: &BinaryMask) -> Option<BoundingBox> {
+    let w = mask.width as usize;
+    let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);
+    for (i, _) in mask.data.iter().enumerate().filter(|(_, m)| **m) {
+        let (x, y) = (i % w, i / w);
+        (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x + 1), y1.max(y + 1));
+    }
+    (x1 > 0).then_some(BoundingBox {
+        x_min: x0 as f64,
+        y_min: y0 as f64,
+        x_max: x1 as f64,
+        y_max: y1 as f64,
+    })
 }

@@ -17,7 +17,7 @@ mod schedule;
 mod trainer;
 
 pub use batch::{Batch, Example};
-pub use data::read_examples;
+pub use data::{read_examples, read_examples_with};
 pub use lora::{LoraConfig, LoraTargets};
 pub use loss::{Loss, Reduction};
 pub use method::Method;
