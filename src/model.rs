@@ -27,15 +27,56 @@ pub struct Model<B: Backend> {
     device: B::Device,
     weight_format: WeightFormat,
     source: Option<Source>,
+    warnings: Vec<String>,
 }
 
 /// Where a model was loaded from: what saving it copies and keeps.
 #[derive(Debug, Clone)]
 pub(crate) struct Source {
-    /// The checkpoint directory (config, tokenizer and processor files, `vae-oid.npz`).
-    pub dir: std::path::PathBuf,
+    /// The checkpoint's files (config, tokenizer and processor files, `vae-oid.npz`).
+    pub origin: Origin,
     /// The dtype its weights are stored in.
     pub dtype: Dtype,
+}
+
+/// A checkpoint's home.
+#[derive(Debug, Clone)]
+pub(crate) enum Origin {
+    /// A directory on disk.
+    Dir(std::path::PathBuf),
+    /// Files embedded in the binary, by name (the demo model).
+    Embedded(&'static [(&'static str, &'static [u8])]),
+}
+
+impl Origin {
+    /// Copy the checkpoint's file `name` to `to`; `false` when it has none.
+    pub(crate) fn copy_file(&self, name: &str, to: &std::path::Path) -> Result<bool> {
+        let io = |e| crate::error::Error::io(to, e);
+        match self {
+            Origin::Dir(dir) => {
+                let from = dir.join(name);
+                if !from.is_file() {
+                    return Ok(false);
+                }
+                std::fs::copy(&from, to).map_err(io)?;
+            }
+            Origin::Embedded(files) => {
+                let Some((_, bytes)) = files.iter().find(|(n, _)| *n == name) else {
+                    return Ok(false);
+                };
+                std::fs::write(to, bytes).map_err(io)?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// How a saved adapter names its base model.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Origin::Dir(dir) => dir.display().to_string(),
+            Origin::Embedded(_) => "paligemma-demo".into(),
+        }
+    }
 }
 
 /// Image features after the projector, ready to be merged with a prompt; compute once
@@ -67,7 +108,19 @@ impl<B: Backend> Model<B> {
             device,
             weight_format,
             source,
+            warnings: Vec::new(),
         }
+    }
+
+    /// The same model with load-time warnings about optional files.
+    pub(crate) fn with_warnings(self, warnings: Vec<String>) -> Self {
+        Model { warnings, ..self }
+    }
+
+    /// Problems with optional files found while loading (a `vae-oid.npz` that could not
+    /// be read disables segmentation only); empty when everything loaded.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// Where the model was loaded from.
@@ -142,6 +195,8 @@ impl<B: Backend> Model<B> {
     /// Load the segmentation decoder from a `vae-oid.npz` file.
     pub fn with_mask_decoder(mut self, path: impl AsRef<std::path::Path>) -> Result<Self> {
         self.mask_decoder = Some(MaskDecoder::from_npz(path, &self.device)?);
+        self.warnings
+            .retain(|w| !w.starts_with("segmentation is disabled"));
         Ok(self)
     }
 
@@ -170,7 +225,18 @@ impl<B: Backend> Model<B> {
     }
 
     /// Prompt ids exactly as `PaliGemmaProcessor` builds them.
+    ///
+    /// A prompt of more bytes than 256 per position of the context is refused before
+    /// tokenizing (no token of any released vocabulary is that long, so it could not
+    /// fit), which keeps a huge input from costing gigabytes first.
     pub fn prompt_ids(&self, prompt: &str) -> Result<Vec<u32>> {
+        let context = self.config.text.max_position_embeddings;
+        if prompt.len() / 256 > context {
+            return Err(crate::error::Error::Prompt(format!(
+                "the prompt has {} bytes, more than any prompt that fits the context of {context} tokens",
+                prompt.len()
+            )));
+        }
         self.tokenizer
             .prompt_ids(prompt, self.config.num_image_tokens())
     }
@@ -212,6 +278,7 @@ impl<B: burn::tensor::backend::AutodiffBackend> Model<B> {
             device: self.device.clone(),
             weight_format: self.weight_format,
             source: self.source.clone(),
+            warnings: self.warnings.clone(),
         }
     }
 }

@@ -8,7 +8,7 @@ use burn::tensor::backend::Backend;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::model::{Model, Source};
+use crate::model::{Model, Origin, Source};
 use crate::paligemma::PaliGemma;
 use crate::precision::{Dtype, WeightFormat};
 use crate::segmentation::MaskDecoder;
@@ -22,6 +22,14 @@ pub struct LoadOptions {
     pub dtype: Dtype,
     /// How the large matrices are stored and multiplied (default: backend tensors).
     pub weights: WeightFormat,
+}
+
+impl LoadOptions {
+    /// Whether backend `B` on `device` can compute in this dtype with these weights.
+    pub(crate) fn check_supported<B: Backend>(&self, device: &B::Device) -> Result<()> {
+        self.dtype.check_supported::<B>(device)?;
+        self.weights.check_supported::<B>(self.dtype, device)
+    }
 }
 
 impl<B: Backend> Model<B> {
@@ -63,10 +71,7 @@ impl<B: Backend> Model<B> {
         device: &B::Device,
         options: &LoadOptions,
     ) -> Result<Self> {
-        options.dtype.check_supported::<B>(device)?;
-        options
-            .weights
-            .check_supported::<B>(options.dtype, device)?;
+        options.check_supported::<B>(device)?;
         let dir = dir.as_ref();
         if !dir.is_dir() {
             return Err(Error::MissingFile {
@@ -83,21 +88,51 @@ impl<B: Backend> Model<B> {
         }
         let config = Config::from_file(&config_path)?;
         let tokenizer = Tokenizer::from_dir(dir)?;
+        let store = WeightStore::open_dir(dir)?;
+        // The mask decoder is optional: a broken one disables segmentation (with a
+        // warning the model keeps), not the whole checkpoint.
+        let vae = dir.join("vae-oid.npz");
+        let (mask_decoder, warning) = match vae.is_file() {
+            true => match MaskDecoder::from_npz(&vae, device) {
+                Ok(d) => (Some(d), None),
+                Err(e) => (None, Some(format!("segmentation is disabled: {e}"))),
+            },
+            false => (None, None),
+        };
+        let origin = Origin::Dir(dir.to_path_buf());
+        let parts = Parts {
+            config,
+            config_path: Some(config_path),
+            tokenizer,
+            store,
+            mask_decoder,
+        };
+        let model = Self::assemble(parts, origin, device, options)?;
+        Ok(model.with_warnings(warning.into_iter().collect()))
+    }
+
+    /// Build the network from validated files and put the model together.
+    pub(crate) fn assemble(
+        parts: Parts<B>,
+        origin: Origin,
+        device: &B::Device,
+        options: &LoadOptions,
+    ) -> Result<Self> {
+        let Parts {
+            config,
+            config_path,
+            tokenizer,
+            store,
+            mask_decoder,
+        } = parts;
         check_tokenizer(&config, &tokenizer).map_err(|reason| Error::Config {
-            path: Some(config_path),
+            path: config_path,
             reason,
         })?;
-        let store = WeightStore::open_dir(dir)?
-            .with_dtype(options.dtype)
-            .with_format(options.weights);
-        let vae = dir.join("vae-oid.npz");
-        let mask_decoder = match vae.is_file() {
-            true => Some(MaskDecoder::from_npz(&vae, device)?),
-            false => None,
-        };
+        let store = store.with_dtype(options.dtype).with_format(options.weights);
         let network = PaliGemma::load(&store, &config, tokenizer.image_id, device)?;
         let source = Source {
-            dir: dir.to_path_buf(),
+            origin,
             dtype: store.stored_dtype("language_model.model.embed_tokens.weight")?,
         };
         Ok(Model::new(
@@ -112,7 +147,17 @@ impl<B: Backend> Model<B> {
     }
 }
 
-/// The tokenizer and the config must agree on the `<image>` id, and every token must
+/// The files of a checkpoint, read and parsed, before the network is built.
+pub(crate) struct Parts<B: Backend> {
+    pub config: Config,
+    /// Where `config` came from, for errors.
+    pub config_path: Option<std::path::PathBuf>,
+    pub tokenizer: Tokenizer,
+    pub store: WeightStore,
+    pub mask_decoder: Option<MaskDecoder<B>>,
+}
+
+/// The tokenizer and the config must agree on the `<image>` id, and every token id must
 /// have an embedding row.
 fn check_tokenizer(config: &Config, tokenizer: &Tokenizer) -> std::result::Result<(), String> {
     if tokenizer.image_id as usize != config.image_token_index {
@@ -121,10 +166,16 @@ fn check_tokenizer(config: &Config, tokenizer: &Tokenizer) -> std::result::Resul
             config.image_token_index, tokenizer.image_id
         ));
     }
-    let vocab = tokenizer.inner().get_vocab_size(true);
-    if vocab > config.text.vocab_size {
+    // The largest id, not the number of tokens: ids may leave gaps.
+    let largest = tokenizer
+        .inner()
+        .get_vocab(true)
+        .into_values()
+        .max()
+        .unwrap_or(0) as usize;
+    if largest >= config.text.vocab_size {
         return Err(format!(
-            "the tokenizer has {vocab} tokens but the model only {} embedding rows",
+            "the tokenizer has token id {largest} but the model only {} embedding rows",
             config.text.vocab_size
         ));
     }

@@ -48,7 +48,26 @@ impl Tokenizer {
         let tokenizer = tokenizers::Tokenizer::from_file(&path)
             .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
         let mut out = Self::new(tokenizer)?;
-        out.padding_side = padding_side(&dir.join("tokenizer_config.json"))?;
+        let config = dir.join("tokenizer_config.json");
+        if config.is_file() {
+            let text = std::fs::read_to_string(&config).map_err(|e| Error::io(&config, e))?;
+            out.padding_side = padding_side(&text)
+                .map_err(|reason| Error::Tokenizer(format!("{}: {reason}", config.display())))?;
+        }
+        Ok(out)
+    }
+
+    /// A tokenizer from the bytes of `tokenizer.json` and, optionally, the text of
+    /// `tokenizer_config.json` (embedded checkpoints); `name` stands for the files in
+    /// errors.
+    pub(crate) fn from_bytes(json: &[u8], config: Option<&str>, name: &str) -> Result<Self> {
+        let tokenizer = tokenizers::Tokenizer::from_bytes(json)
+            .map_err(|e| Error::Tokenizer(format!("{name}: {e}")))?;
+        let mut out = Self::new(tokenizer)?;
+        if let Some(text) = config {
+            out.padding_side = padding_side(text)
+                .map_err(|reason| Error::Tokenizer(format!("{name}: {reason}")))?;
+        }
         Ok(out)
     }
 
@@ -148,20 +167,16 @@ impl Tokenizer {
 }
 
 /// `padding_side` of a `tokenizer_config.json` (optional file, optional field).
-fn padding_side(path: &Path) -> Result<PaddingSide> {
-    if !path.is_file() {
-        return Ok(PaddingSide::default());
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let bad = |reason: String| Error::Tokenizer(format!("{}: {reason}", path.display()));
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+/// `padding_side` of a `tokenizer_config.json` document.
+fn padding_side(text: &str) -> std::result::Result<PaddingSide, String> {
+    let json: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
     match json.get("padding_side").and_then(|v| v.as_str()) {
         None => Ok(PaddingSide::default()),
         Some("left") => Ok(PaddingSide::Left),
         Some("right") => Ok(PaddingSide::Right),
-        Some(other) => Err(bad(format!(
+        Some(other) => Err(format!(
             "padding_side is {other:?}, expected \"left\" or \"right\""
-        ))),
+        )),
     }
 }
 

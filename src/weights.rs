@@ -13,15 +13,15 @@ use burn::tensor::{Tensor, TensorData, backend::Backend};
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype, Metadata};
 
-use crate::cpu::{HostMatrix, prefer_huge_pages, to_bf16};
+use crate::cpu::{FileBytes, HostMatrix, prefer_huge_pages, to_bf16};
 use crate::error::{Error, Result};
 use crate::precision::{self, WeightFormat};
 
-/// One memory-mapped safetensors file and its parsed header.
+/// One safetensors file (memory-mapped, or embedded in the binary) and its parsed header.
 struct MappedFile {
     path: PathBuf,
-    /// Shared with host matrices that use the mapping in place.
-    mmap: Arc<Mmap>,
+    /// Shared with host matrices that use the bytes in place.
+    mmap: Arc<FileBytes>,
     data_start: usize,
     metadata: Metadata,
 }
@@ -32,14 +32,18 @@ impl MappedFile {
         // SAFETY: the mapping is read-only; a checkpoint modified while it is being
         // loaded is outside what this crate can guard against (as for every mmap loader).
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        Self::new(path, FileBytes::Mapped(mmap))
+    }
+
+    fn new(path: &Path, bytes: FileBytes) -> Result<Self> {
         let (header_len, metadata) =
-            safetensors::SafeTensors::read_metadata(&mmap).map_err(|e| Error::WeightFile {
+            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| Error::WeightFile {
                 path: path.to_path_buf(),
                 reason: e.to_string(),
             })?;
         Ok(MappedFile {
             path: path.to_path_buf(),
-            mmap: Arc::new(mmap),
+            mmap: Arc::new(bytes),
             data_start: 8 + header_len,
             metadata,
         })
@@ -50,19 +54,22 @@ impl MappedFile {
     /// the weights plus the whole file. The page cache keeps the file; a later read of
     /// the range faults it back in with the same contents.
     fn release(&self, range: std::ops::Range<usize>) {
+        let FileBytes::Mapped(mmap) = &*self.mmap else {
+            return;
+        };
         #[cfg(unix)]
         // SAFETY: the mapping is a read-only shared file mapping and no reference into
         // `range` outlives this call's caller; dropping its pages only makes later reads
         // fault the unchanged file contents back in. Failure is harmless (advice only).
         let _ = unsafe {
-            self.mmap.unchecked_advise_range(
+            mmap.unchecked_advise_range(
                 memmap2::UncheckedAdvice::DontNeed,
                 range.start,
                 range.len(),
             )
         };
         #[cfg(not(unix))]
-        let _ = range;
+        let _ = (mmap, range);
     }
 }
 
@@ -219,6 +226,23 @@ impl WeightStore {
         }
         Ok(WeightStore {
             files,
+            index,
+            dtype: precision::Dtype::F32,
+            format: WeightFormat::Backend,
+        })
+    }
+
+    /// One safetensors file embedded in the binary; `name` stands for its path in errors.
+    pub(crate) fn from_static(name: &str, bytes: &'static [u8]) -> Result<Self> {
+        let file = MappedFile::new(Path::new(name), FileBytes::Static(bytes))?;
+        let index = file
+            .metadata
+            .tensors()
+            .keys()
+            .map(|name| (name.clone(), 0))
+            .collect();
+        Ok(WeightStore {
+            files: vec![file],
             index,
             dtype: precision::Dtype::F32,
             format: WeightFormat::Backend,

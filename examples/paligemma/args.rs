@@ -165,7 +165,8 @@ impl Command {
 
 #[derive(Args)]
 pub struct ModelArgs {
-    /// Checkpoint directory (config.json, tokenizer.json, *.safetensors).
+    /// Checkpoint directory (config.json, tokenizer.json, *.safetensors), or `demo`
+    /// for the embedded demo model.
     #[arg(long)]
     pub model: PathBuf,
     /// Image file (for `generate --batch`, images come from the batch file).
@@ -270,7 +271,7 @@ pub struct ParseArgs {
 
 #[derive(Args)]
 pub struct LossArgs {
-    /// Checkpoint directory.
+    /// Checkpoint directory, or `demo` for the embedded demo model.
     #[arg(long)]
     pub model: PathBuf,
     /// JSON lines of {"image": path relative to the file, "prefix", "suffix"}.
@@ -317,7 +318,7 @@ pub enum OptimizerArg {
 
 #[derive(Args)]
 pub struct FinetuneArgs {
-    /// Checkpoint directory to start from.
+    /// Checkpoint directory to start from, or `demo` for the embedded demo model.
     #[arg(long)]
     pub model: PathBuf,
     /// Training data: JSON lines of {"image", "prefix", "suffix"}.

@@ -11,8 +11,8 @@ use serde::Deserialize;
 use crate::Res;
 use crate::args::{Command, GenerateArgs, ModelArgs, ObjectArgs, ParseArgs};
 use crate::output::{
-    self, BatchLineJson, ObjectJson, detection_annotations, report_generation, report_objects,
-    save_annotated, segment_annotations,
+    self, BatchLineJson, ObjectJson, check_output, detection_annotations, report_generation,
+    report_objects, save_annotated, segment_annotations,
 };
 
 pub fn run<B: Backend>(command: Command, device: &B::Device) -> Res<()> {
@@ -103,6 +103,24 @@ fn text_task<B: Backend>(args: &ModelArgs, device: &B::Device, task: &Task) -> R
     report_generation(&out, load_s, args.json)
 }
 
+/// A checkpoint directory, or the embedded demo model for the literal `demo` (a
+/// directory of that name is `./demo`).
+pub fn open_model<B: Backend>(
+    path: &Path,
+    device: &B::Device,
+    options: &paligemma::LoadOptions,
+) -> paligemma::Result<Model<B>> {
+    let model = if path.as_os_str() == "demo" {
+        Model::<B>::demo_with(device, options)?
+    } else {
+        Model::<B>::from_pretrained_with(path, device, options)?
+    };
+    for warning in model.warnings() {
+        eprintln!("warning: {warning}");
+    }
+    Ok(model)
+}
+
 fn load<B: Backend>(
     args: &ModelArgs,
     device: &B::Device,
@@ -110,7 +128,7 @@ fn load<B: Backend>(
     let path = args.image.as_ref().ok_or("--image is required")?;
     let image = paligemma::load_image(path)?;
     let start = Instant::now();
-    let model = Model::<B>::from_pretrained_with(&args.model, device, &args.load)?;
+    let model = open_model::<B>(&args.model, device, &args.load)?;
     Ok((model, image, start.elapsed().as_secs_f64()))
 }
 
@@ -141,7 +159,7 @@ fn batch<B: Backend>(
         let image = paligemma::load_image(&job.image)?;
         jobs.push((job, image));
     }
-    let model = Model::<B>::from_pretrained_with(&args.common.model, device, &args.common.load)?;
+    let model = open_model::<B>(&args.common.model, device, &args.common.load)?;
     let bar = indicatif::ProgressBar::new(jobs.len() as u64);
     if args.common.json && !std::io::stderr().is_terminal() {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -175,6 +193,9 @@ fn batch<B: Backend>(
 
 /// detect, segment: the typed object tasks.
 fn objects<B: Backend>(args: ObjectArgs, segment: bool, device: &B::Device) -> Res<()> {
+    if let Some(path) = &args.out {
+        check_output(path)?;
+    }
     let (mut model, image, load_s) = load::<B>(&args.common, device)?;
     if let Some(vae) = &args.vae {
         model = model.with_mask_decoder(vae)?;
@@ -219,6 +240,9 @@ fn objects<B: Backend>(args: ObjectArgs, segment: bool, device: &B::Device) -> R
 
 /// parse: an output given as text, without a model.
 fn parse<B: Backend>(args: ParseArgs, device: &B::Device) -> Res<()> {
+    if let Some(path) = &args.out {
+        check_output(path)?;
+    }
     let image = match (&args.image, &args.out) {
         (Some(image), Some(_)) => Some(paligemma::load_image(image)?),
         _ => None,

@@ -170,6 +170,29 @@ pub fn report_objects(
 }
 
 /// Boxes (and masks) drawn on the image, written to `path`.
+/// Check before any work that an annotated image can be written to `path`: a known
+/// image extension, and a directory that exists and takes a new file.
+pub fn check_output(path: &Path) -> Res<()> {
+    image::ImageFormat::from_path(path)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        return Err(format!(
+            "cannot write {}: {} is not a directory",
+            path.display(),
+            dir.display()
+        )
+        .into());
+    }
+    let probe = dir.join(format!(".paligemma-write-check-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
 pub fn save_annotated(
     image: &image::DynamicImage,
     path: &Path,

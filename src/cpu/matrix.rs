@@ -3,22 +3,21 @@
 
 use std::sync::Arc;
 
-use memmap2::Mmap;
 use rayon::prelude::*;
 
 use super::isa::Isa;
-use super::memory::{from_bf16, prefer_huge_pages};
+use super::memory::{FileBytes, from_bf16, prefer_huge_pages};
 use super::products::{
     Operand, STREAM_ROWS, bf16_block, f32_product, int8_block, int8_stream, row_blocks, transpose,
 };
 use super::quantize::quantize_row;
 
-/// Plain values (bf16 bits or f32), owned or borrowed from a memory-mapped checkpoint
-/// (zero-copy load).
+/// Plain values (bf16 bits or f32), owned or borrowed from a checkpoint's bytes (a
+/// memory map or embedded weights: zero-copy load).
 enum Values<T> {
     Owned(Vec<T>),
     Mapped {
-        map: Arc<Mmap>,
+        map: Arc<FileBytes>,
         offset: usize,
         len: usize,
     },
@@ -27,7 +26,7 @@ enum Values<T> {
 impl<T: Copy> Values<T> {
     /// Borrow `len` little-endian values at byte `offset` of a mapping, or `None` when
     /// they are not aligned for `T` (or the host is big-endian) and must be copied.
-    fn mapped(map: &Arc<Mmap>, offset: usize, len: usize) -> Option<Self> {
+    fn mapped(map: &Arc<FileBytes>, offset: usize, len: usize) -> Option<Self> {
         let aligned = (map.as_ptr() as usize + offset).is_multiple_of(std::mem::align_of::<T>());
         let fits = len
             .checked_mul(std::mem::size_of::<T>())
@@ -104,7 +103,12 @@ impl HostMatrix {
 
     /// Borrow `rows * cols` little-endian bf16 values at byte `offset` of a mapping, or
     /// `None` when they must be copied (see `Values::mapped`).
-    pub fn mapped_bf16(map: &Arc<Mmap>, offset: usize, rows: usize, cols: usize) -> Option<Self> {
+    pub fn mapped_bf16(
+        map: &Arc<FileBytes>,
+        offset: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Option<Self> {
         let values = Values::mapped(map, offset, rows * cols)?;
         Some(HostMatrix {
             rows,
@@ -114,7 +118,12 @@ impl HostMatrix {
     }
 
     /// [`HostMatrix::mapped_bf16`] for f32 values.
-    pub fn mapped_f32(map: &Arc<Mmap>, offset: usize, rows: usize, cols: usize) -> Option<Self> {
+    pub fn mapped_f32(
+        map: &Arc<FileBytes>,
+        offset: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Option<Self> {
         let values = Values::mapped(map, offset, rows * cols)?;
         Some(HostMatrix {
             rows,

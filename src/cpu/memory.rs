@@ -33,3 +33,23 @@ pub(crate) fn to_bf16(x: f32) -> u16 {
 pub(super) fn from_bf16(h: u16) -> f32 {
     f32::from_bits(u32::from(h) << 16)
 }
+
+/// The bytes of a weight file: memory-mapped from disk, or embedded in the binary
+/// (the demo model). Host matrices borrow weights from either in place.
+pub(crate) enum FileBytes {
+    /// A read-only mapping of a file.
+    Mapped(memmap2::Mmap),
+    /// Bytes that live as long as the program (`include_bytes!`).
+    Static(&'static [u8]),
+}
+
+impl std::ops::Deref for FileBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            FileBytes::Mapped(m) => m,
+            FileBytes::Static(b) => b,
+        }
+    }
+}

@@ -30,4 +30,4 @@ mod quantize;
 pub(crate) use gelu::gelu_tanh_mul;
 pub(crate) use isa::simd_level;
 pub(crate) use matrix::HostMatrix;
-pub(crate) use memory::{prefer_huge_pages, to_bf16};
+pub(crate) use memory::{FileBytes, prefer_huge_pages, to_bf16};

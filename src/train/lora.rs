@@ -227,7 +227,7 @@ impl<B: Backend> Model<B> {
             "use_dora": false,
             "modules_to_save": null,
             "task_type": null,
-            "base_model_name_or_path": self.source().map(|s| s.dir.display().to_string()),
+            "base_model_name_or_path": self.source().map(|s| s.origin.describe()),
             // A pattern, not a list of names: a list would also match the vision
             // tower's q/k/v projections.
             "target_modules": format!(".*language_model.*\\.({})", modules.join("|")),

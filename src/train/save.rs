@@ -117,11 +117,7 @@ impl<B: Backend> Model<B> {
             std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
             if let Some(source) = source {
                 for name in COPIED {
-                    let from = source.dir.join(name);
-                    if from.is_file() {
-                        let to = tmp.join(name);
-                        std::fs::copy(&from, &to).map_err(|e| Error::io(&to, e))?;
-                    }
+                    source.origin.copy_file(name, &tmp.join(name))?;
                 }
             }
             self.write_weights(&tmp.join("model.safetensors"), dtype)

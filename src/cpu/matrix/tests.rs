@@ -154,7 +154,9 @@ fn mapped_values_read_in_place_or_refuse() {
     let mut file = tempfile::tempfile().unwrap();
     file.write_all(&bytes).unwrap();
     // SAFETY (test): the temporary file is private to this test and not modified.
-    let map = Arc::new(unsafe { Mmap::map(&file) }.unwrap());
+    let map = Arc::new(FileBytes::Mapped(
+        unsafe { memmap2::Mmap::map(&file) }.unwrap(),
+    ));
     let m = HostMatrix::mapped_bf16(&map, 2, 2, 3).expect("2-aligned bf16 in place");
     let mut row = vec![0f32; 3];
     m.row_into(1, &mut row);
