@@ -379,6 +379,17 @@ fn positive(name: &str, v: usize) -> std::result::Result<usize, String> {
     }
 }
 
+/// A norm epsilon: finite and not negative (a negative one makes square roots of
+/// negative numbers, NaN everywhere after).
+fn non_negative(name: &str, v: f64) -> std::result::Result<f64, String> {
+    match v >= 0.0 && v.is_finite() {
+        true => Ok(v),
+        false => Err(format!(
+            "{name} must be a finite number of at least 0, got {v}"
+        )),
+    }
+}
+
 impl RawVision {
     fn resolve(self) -> std::result::Result<VisionConfig, String> {
         if let Some(t) = self.model_type.as_deref()
@@ -403,7 +414,7 @@ impl RawVision {
             num_channels: positive("num_channels", self.num_channels.unwrap_or(3))?,
             image_size: positive("image_size", self.image_size.unwrap_or(224))?,
             patch_size: positive("patch_size", self.patch_size.unwrap_or(16))?,
-            layer_norm_eps: self.layer_norm_eps.unwrap_or(1e-6),
+            layer_norm_eps: non_negative("layer_norm_eps", self.layer_norm_eps.unwrap_or(1e-6))?,
         };
         if !c.hidden_size.is_multiple_of(c.num_attention_heads) {
             return Err(format!(
@@ -458,6 +469,10 @@ impl RawText {
             TextArch::Gemma2 => (2304, 9216, 26, 8, 4),
         };
         let head_dim = positive("head_dim", self.head_dim.unwrap_or(256))?;
+        if !head_dim.is_multiple_of(2) {
+            // Rotary embeddings turn pairs of channels.
+            return Err(format!("head_dim must be even, got {head_dim}"));
+        }
         let num_hidden_layers = self.num_hidden_layers.unwrap_or(layers);
         let num_attention_heads = positive(
             "num_attention_heads",
@@ -527,7 +542,7 @@ impl RawText {
             num_attention_heads,
             num_key_value_heads,
             head_dim,
-            rms_norm_eps: self.rms_norm_eps.unwrap_or(1e-6),
+            rms_norm_eps: non_negative("rms_norm_eps", self.rms_norm_eps.unwrap_or(1e-6))?,
             rope_theta,
             max_position_embeddings: positive(
                 "max_position_embeddings",

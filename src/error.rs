@@ -85,6 +85,15 @@ pub enum Error {
     /// Generation options are invalid.
     #[error("invalid generation option: {0}")]
     Options(String),
+    /// The model produced NaN or infinite logits (broken weights, a degenerate config,
+    /// or half-precision overflow): no token is chosen from them.
+    #[error("row {row}: the logits of generated token {step} are not finite (NaN or infinity)")]
+    NonFinite {
+        /// The batch row.
+        row: usize,
+        /// The 0-based index of the token being chosen.
+        step: usize,
+    },
     /// A task's arguments are invalid.
     #[error(transparent)]
     Task(#[from] TaskError),

@@ -248,7 +248,14 @@ impl<B: Backend> PaliGemma<B> {
             );
         }
         let batch = prompts.len();
-        let mut cache = self.new_cache(batch, width + new_tokens, &device);
+        let context = self.decoder.config().max_position_embeddings;
+        let length = width.saturating_add(new_tokens);
+        if length > context {
+            return Err(Error::Prompt(format!(
+                "{width} prompt tokens plus {new_tokens} new tokens exceed the model's context of {context}"
+            )));
+        }
+        let mut cache = self.new_cache(batch, length, &device);
         let hidden = self.forward(Tensor::cat(embedded, 0), &rows, &positions, &mut cache);
         let [_, _, h] = hidden.dims();
         let last = hidden.slice([0..batch, width - 1..width, 0..h]);

@@ -177,3 +177,173 @@ fn prompts_beyond_the_context_and_bad_options() {
         .unwrap();
     assert!(matches!(err, Error::Prompt(_)), "{err}");
 }
+
+/// A token budget beyond the context (even usize::MAX) is a prompt error, not an
+/// overflow, in generation and in a bare prefill.
+#[test]
+fn huge_token_budgets_are_errors() {
+    let model = load(&fixtures().join("pg1-tiny")).unwrap();
+    let image = paligemma::load_image(fixtures().join("images/photo.png")).unwrap();
+    for n in [usize::MAX, usize::MAX / 2, 1 << 40] {
+        let options = GenerateOptions::default().max_new_tokens(n);
+        let err = model.generate(&image, "caption en", &options).unwrap_err();
+        assert!(matches!(err, Error::Prompt(_)), "{err}");
+        let features = model.encode_image(&image).unwrap().features;
+        let ids = model.prompt_ids("caption en").unwrap();
+        let err = model.prefill(&[(&features, &ids)], n).unwrap_err();
+        assert!(matches!(err, Error::Prompt(_)), "{err}");
+    }
+}
+
+/// A token id at or beyond the embedding rows is refused at load time (not a panic in
+/// the embedding lookup later), even when the tokenizer has fewer tokens than rows.
+#[test]
+fn token_ids_beyond_the_embedding_rows_are_refused() {
+    let (_tmp, dir) = copy_fixture("pg1-tiny");
+    let path = dir.join("tokenizer.json");
+    let mut tok: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    tok["model"]["vocab"]["<bos>"] = 9999.into();
+    for t in tok["added_tokens"].as_array_mut().unwrap() {
+        if t["content"] == "<bos>" {
+            t["id"] = 9999.into();
+        }
+    }
+    fs::write(&path, tok.to_string()).unwrap();
+    let err = load(&dir).err().expect("refused");
+    assert!(
+        matches!(err, Error::Config { .. }) && err.to_string().contains("9999"),
+        "{err}"
+    );
+}
+
+/// NaN logits (here from a NaN in the final norm's weights) are reported, never turned
+/// into tokens.
+#[test]
+fn non_finite_logits_are_errors() {
+    let (_tmp, dir) = copy_fixture("pg1-tiny");
+    let shard = dir.join("model-00001-of-00002.safetensors");
+    let bytes = fs::read(&shard).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = st
+        .iter()
+        .map(|(name, v)| {
+            (
+                name.to_string(),
+                v.dtype(),
+                v.shape().to_vec(),
+                v.data().to_vec(),
+            )
+        })
+        .collect();
+    for (name, dtype, _, data) in &mut tensors {
+        if name.ends_with("model.norm.weight") {
+            assert_eq!(*dtype, safetensors::Dtype::F32);
+            data[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+        }
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &shard).unwrap();
+    let model = load(&dir).unwrap();
+    let image = paligemma::load_image(fixtures().join("images/photo.png")).unwrap();
+    let err = model
+        .generate(&image, "caption en", &GenerateOptions::default())
+        .unwrap_err();
+    assert!(matches!(err, Error::NonFinite { row: 0, step: 0 }), "{err}");
+}
+
+/// A corrupt optional `vae-oid.npz` disables segmentation only: the checkpoint loads,
+/// other tasks run, the problem is a warning, and `segment` reports it.
+#[test]
+fn a_corrupt_mask_decoder_disables_segmentation_only() {
+    let (_tmp, dir) = copy_fixture("pg1-tiny");
+    fs::write(dir.join("vae-oid.npz"), b"not a zip archive").unwrap();
+    let model = load(&dir).unwrap();
+    assert_eq!(model.warnings().len(), 1, "{:?}", model.warnings());
+    assert!(model.warnings()[0].contains("vae-oid.npz"));
+    let image = paligemma::load_image(fixtures().join("images/photo.png")).unwrap();
+    model.caption(&image, "en").unwrap();
+    let err = model.segment(&image, "cat").unwrap_err();
+    assert!(
+        matches!(err, Error::MaskDecoder(_)) && err.to_string().contains("not an npz"),
+        "{err}"
+    );
+}
+
+/// A prompt far beyond the context is refused before it is tokenized.
+#[test]
+fn huge_prompts_are_refused_before_tokenizing() {
+    let model = load(&fixtures().join("pg1-tiny")).unwrap();
+    let context = model.config().text.max_position_embeddings;
+    let prompt = "a".repeat(256 * context + 256);
+    let err = model.prompt_ids(&prompt).unwrap_err();
+    // The length error, not the context error that tokenizing first would give.
+    assert!(
+        matches!(err, Error::Prompt(_)) && err.to_string().contains("bytes"),
+        "{err}"
+    );
+}
+
+/// Degenerate sizes and epsilons are config errors naming the field, not panics or
+/// NaN later: an odd (or zero) head width, negative or non-finite norm epsilons.
+#[test]
+fn degenerate_config_values_are_refused() {
+    type Edit = fn(&mut serde_json::Value);
+    let cases: [(&str, Edit); 4] = [
+        ("head_dim", |c| c["text_config"]["head_dim"] = 1.into()),
+        ("head_dim", |c| c["text_config"]["head_dim"] = 0.into()),
+        ("rms_norm_eps", |c| {
+            c["text_config"]["rms_norm_eps"] = (-1.0).into()
+        }),
+        ("layer_norm_eps", |c| {
+            c["vision_config"]["layer_norm_eps"] = (-1e-6).into()
+        }),
+    ];
+    for (field, edit) in cases {
+        let (_tmp, dir) = copy_fixture("pg1-tiny");
+        edit_config(&dir, edit);
+        let err = load(&dir).err().expect("refused");
+        assert!(
+            matches!(err, Error::Config { .. }) && err.to_string().contains(field),
+            "{err}"
+        );
+    }
+}
+
+/// Segmentation masks cover the whole image, so an output whose masks would exceed
+/// `MAX_MASK_PIXELS` is refused before any allocation (a 10^18-pixel request aborted
+/// the process before).
+#[test]
+fn huge_segmentation_canvases_are_refused() {
+    let decoder = paligemma::MaskDecoder::<Cpu>::from_npz(
+        fixtures().join("vae/vae-oid-random.npz"),
+        &Default::default(),
+    )
+    .unwrap();
+    let one = format!(
+        "<loc0000><loc0000><loc0500><loc0500>{} cat",
+        "<seg001>".repeat(16)
+    );
+    for (w, h, n) in [
+        (1_000_000_000u32, 1_000_000_000u32, 1),
+        (50_000, 50_000, 1),
+        (3000, 3000, 400),
+    ] {
+        let text = vec![one.as_str(); n].join(" ; ");
+        let err = paligemma::task::segmentations_from_text(&text, w, h, &decoder).unwrap_err();
+        assert!(
+            matches!(err, Error::Prompt(_)) && err.to_string().contains("mask pixels"),
+            "{err}"
+        );
+    }
+    let (objects, _) = paligemma::task::segmentations_from_text(&one, 640, 480, &decoder).unwrap();
+    assert_eq!(objects.len(), 1);
+}

@@ -190,3 +190,34 @@ fn reused_image_embedding_equals_recomputing_it() {
         assert_eq!(reused.generated_ids, fresh.generated_ids, "{prompt}");
     }
 }
+
+/// One model serves several threads (`Model: Send + Sync`, every method `&self`), and
+/// each thread gets what a single thread gets.
+#[test]
+fn one_model_serves_several_threads_deterministically() {
+    fn shared<T: Send + Sync>(_: &T) {}
+    let model = model("pg2-tiny");
+    shared(&model);
+    let image = open_image("photo.png");
+    let options = GenerateOptions::default().max_new_tokens(8);
+    let alone = model
+        .generate(&image, "caption en", &options)
+        .unwrap()
+        .generated_ids;
+    let results: Vec<Vec<u32>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..3)
+            .map(|_| {
+                s.spawn(|| {
+                    model
+                        .generate(&image, "caption en", &options)
+                        .unwrap()
+                        .generated_ids
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for r in results {
+        assert_eq!(r, alone);
+    }
+}

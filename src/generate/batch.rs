@@ -96,7 +96,8 @@ impl<B: Backend> Model<B> {
         let mut rows = Vec::with_capacity(inputs.len());
         for (i, (_, prompt)) in inputs.iter().enumerate() {
             let ids = self.prompt_ids(prompt)?;
-            if ids.len() + options.max_new_tokens > context {
+            // Saturating: a budget of usize::MAX is an error, not an overflow.
+            if ids.len().saturating_add(options.max_new_tokens) > context {
                 return Err(Error::Prompt(format!(
                     "{} prompt tokens plus {} new tokens exceed the model's context of {context}",
                     ids.len(),
@@ -105,7 +106,7 @@ impl<B: Backend> Model<B> {
             }
             rows.push(Row {
                 prompt: ids,
-                generated: Vec::with_capacity(options.max_new_tokens),
+                generated: Vec::with_capacity(options.max_new_tokens.min(context)),
                 sampler: Sampler::new(options.sampling, options.repetition_penalty, i),
                 tops: options.diagnostics.top_logits.map(|_| Vec::new()),
                 finish: None,
@@ -132,6 +133,12 @@ impl<B: Backend> Model<B> {
             if row.finish.is_some() {
                 next.push(None);
                 continue;
+            }
+            if step.iter().any(|v| !v.is_finite()) {
+                return Err(Error::NonFinite {
+                    row: i,
+                    step: row.generated.len(),
+                });
             }
             if let (Some(t), Some(k)) = (row.tops.as_mut(), options.diagnostics.top_logits) {
                 t.push(top_k(step, k));

@@ -171,9 +171,13 @@ impl<B: Backend> Model<B> {
         objects: &[S],
         options: &GenerateOptions,
     ) -> Result<TaskOutput<Segmentation>> {
-        let decoder = self
-            .mask_decoder()
-            .ok_or_else(|| Error::MaskDecoder(VAE_HINT.into()))?;
+        let decoder = self.mask_decoder().ok_or_else(|| {
+            let why = self
+                .warnings()
+                .iter()
+                .find(|w| w.starts_with("segmentation"));
+            Error::MaskDecoder(why.cloned().unwrap_or_else(|| VAE_HINT.into()))
+        })?;
         self.object_task(image, &Task::segment(objects), options, |text, w, h| {
             segmentations_from_text(text, w, h, decoder)
         })
@@ -197,7 +201,16 @@ impl<B: Backend> Model<B> {
     }
 }
 
+/// The most mask pixels [`segmentations_from_text`] allocates for one output: every
+/// object's mask covers the whole image, so objects x width x height is bounded
+/// (1 GiB of flags).
+pub const MAX_MASK_PIXELS: u64 = 1 << 30;
+
 /// Parse a segmentation output for a `width x height` image and decode its masks.
+///
+/// Each object's [`BinaryMask`](crate::BinaryMask) covers the whole image; an output
+/// whose masks would together exceed [`MAX_MASK_PIXELS`] is an error before anything
+/// is allocated.
 pub fn segmentations_from_text<B: Backend>(
     text: &str,
     width: u32,
@@ -205,6 +218,14 @@ pub fn segmentations_from_text<B: Backend>(
     decoder: &MaskDecoder<B>,
 ) -> Result<(Vec<Segmentation>, Vec<Skipped>)> {
     let parsed = parse_segmentations(text, width, height);
+    let pixels = u64::from(width) * u64::from(height);
+    let total = pixels.saturating_mul(parsed.objects.len() as u64);
+    if total > MAX_MASK_PIXELS {
+        return Err(Error::Prompt(format!(
+            "{} masks of {width}x{height} pixels exceed the limit of {MAX_MASK_PIXELS} mask pixels",
+            parsed.objects.len()
+        )));
+    }
     // A segmentation parse gives every object its codes.
     let objects: Vec<(Detection, [u16; 16])> = parsed
         .objects
