@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use burn::module::{Module, Param};
-use burn::tensor::{Tensor, TensorData, activation::relu, backend::Backend};
+use burn::tensor::{Int, Tensor, TensorData, activation::relu, backend::Backend};
 
 use crate::error::{Error, Result};
 use crate::npz::NpyArray;
@@ -141,12 +141,7 @@ impl<B: Backend> MaskEncoder<B> {
         let [_, width, h, w] = z.dims();
         // One row per grid cell, row-major within each mask.
         let cells = z.permute([0, 2, 3, 1]).reshape([n * h * w, width]);
-        let codebook = self.codebook.val();
-        let distances = cells.clone().powi_scalar(2).sum_dim(1)
-            + codebook.clone().powi_scalar(2).sum_dim(1).transpose()
-            - cells.matmul(codebook.transpose()) * 2.0;
-        let nearest = distances
-            .argmin(1)
+        let nearest = nearest_codes(cells, self.codebook.val())
             .into_data()
             .convert::<i64>()
             .into_vec::<i64>()
@@ -205,6 +200,19 @@ impl<B: Backend> MaskEncoder<B> {
         }
         Ok(format_objects(&targets))
     }
+}
+
+/// For each row of `cells` `[n, width]`, the index of the nearest codebook row by L2
+/// distance `[n]` (big_vision's quantisation).
+pub(crate) fn nearest_codes<B: Backend>(
+    cells: Tensor<B, 2>,
+    codebook: Tensor<B, 2>,
+) -> Tensor<B, 1, Int> {
+    let n = cells.dims()[0];
+    let distances = cells.clone().powi_scalar(2).sum_dim(1)
+        + codebook.clone().powi_scalar(2).sum_dim(1).transpose()
+        - cells.matmul(codebook.transpose()) * 2.0;
+    distances.argmin(1).reshape([n])
 }
 
 /// An object's mask prepared for [`MaskEncoder::encode`] as big_vision prepares

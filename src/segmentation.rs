@@ -20,7 +20,7 @@ use burn::tensor::{
 };
 
 use crate::error::{Error, Result};
-use crate::npz::{NpyArray, read_npz, read_npz_from};
+use crate::npz::{NpyArray, read_npz_from};
 use crate::resize::{Filter, resize_f32};
 
 /// Side of the decoded mask.
@@ -129,17 +129,15 @@ impl<B: Backend> ResBlock<B> {
     }
 }
 
-/// Read the arrays of one half of a `vae-oid.npz` (names starting with `part`) and the
-/// codebook, and build it with `build`; errors name the file.
+/// Read the arrays of one half of a `vae-oid.npz` file (names starting with `part`)
+/// and the codebook, and build it with `build`; errors name the file.
 pub(crate) fn read_vae_part<T>(
     path: &Path,
     part: &str,
     build: impl FnOnce(&HashMap<String, NpyArray>) -> std::result::Result<T, String>,
 ) -> Result<T> {
-    let arrays = read_npz(path, |name| {
-        name.starts_with(part) || name == "_vq_vae._embedding"
-    })?;
-    build(&arrays).map_err(|reason| Error::MaskDecoder(format!("{}: {reason}", path.display())))
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    read_vae_part_from(file, &path.display().to_string(), part, build)
 }
 
 /// [`read_vae_part`] from the bytes of an archive (an embedded file) called `name`.
@@ -149,7 +147,16 @@ pub(crate) fn read_vae_part_from_bytes<T>(
     part: &str,
     build: impl FnOnce(&HashMap<String, NpyArray>) -> std::result::Result<T, String>,
 ) -> Result<T> {
-    let arrays = read_npz_from(std::io::Cursor::new(bytes), name, |n| {
+    read_vae_part_from(std::io::Cursor::new(bytes), name, part, build)
+}
+
+fn read_vae_part_from<T>(
+    reader: impl std::io::Read + std::io::Seek,
+    name: &str,
+    part: &str,
+    build: impl FnOnce(&HashMap<String, NpyArray>) -> std::result::Result<T, String>,
+) -> Result<T> {
+    let arrays = read_npz_from(reader, name, |n| {
         n.starts_with(part) || n == "_vq_vae._embedding"
     })?;
     build(&arrays).map_err(|reason| Error::MaskDecoder(format!("{name}: {reason}")))

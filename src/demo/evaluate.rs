@@ -167,11 +167,7 @@ pub fn evaluate<B: Backend>(
                 let targets = targets(q, &scene);
                 report.segmentation = report.segmentation + DetectionMatch::of(&boxes, &targets);
                 for (i, o) in scene.objects.iter().enumerate() {
-                    let Some((label, _)) = q
-                        .expected_objects(&scene)
-                        .into_iter()
-                        .find(|(_, t)| *t == o)
-                    else {
+                    let Some(label) = q.query_for(o).map(Query::label) else {
                         continue;
                     };
                     let Some(truth) = scene.mask(i) else { continue };

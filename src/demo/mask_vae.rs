@@ -8,11 +8,11 @@ use std::path::Path;
 
 use burn::module::{AutodiffModule, Module};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
-use burn::tensor::{Int, Tensor, TensorData, backend::AutodiffBackend, backend::Backend};
+use burn::tensor::{Tensor, TensorData, backend::AutodiffBackend, backend::Backend};
 
 use super::scene::{Rng, Scene};
 use crate::error::Result;
-use crate::mask_encoder::{MaskEncoder, mask_crop};
+use crate::mask_encoder::{MaskEncoder, mask_crop, nearest_codes};
 use crate::npz::{NpyArray, write_npz};
 use crate::segmentation::{MASK_SIZE, MaskDecoder};
 
@@ -46,14 +46,7 @@ pub(crate) struct MaskVae<B: Backend> {
 /// pixel; the last conv of each residual branch halved) and a N(0, 1) codebook.
 fn initial_arrays(size: &VaeSize, seed: u64) -> HashMap<String, NpyArray> {
     let mut rng = Rng::new(seed);
-    let mut normal = move |n: usize, std: f64| -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                let (u, v) = (rng.unit().max(1e-12), rng.unit());
-                (std * (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
-            })
-            .collect()
-    };
+    let mut normal = move |n: usize, std: f64| rng.normals(n, std);
     let mut out = HashMap::new();
     let mut conv = |name: String, c_in: usize, c_out: usize, k: usize, transposed: bool| {
         let fan = if transposed { c_in * 4 } else { c_in * k * k };
@@ -129,19 +122,7 @@ impl<B: AutodiffBackend> MaskVae<B> {
         let [_, width, h, w] = z.dims();
         let cells = z.permute([0, 2, 3, 1]).reshape([n * h * w, width]);
         let codebook = self.decoder.codebook();
-        let distances = cells.clone().detach().powi_scalar(2).sum_dim(1)
-            + codebook
-                .clone()
-                .powi_scalar(2)
-                .sum_dim(1)
-                .transpose()
-                .detach()
-            - cells
-                .clone()
-                .detach()
-                .matmul(codebook.clone().detach().transpose())
-                * 2.0;
-        let nearest: Tensor<B, 1, Int> = distances.argmin(1).reshape([n * h * w]);
+        let nearest = nearest_codes(cells.clone().detach(), codebook.clone().detach());
         let quantized = codebook.select(0, nearest);
         let codebook_loss = (quantized.clone() - cells.clone().detach())
             .powi_scalar(2)

@@ -132,20 +132,22 @@ impl Question {
         let Question::Segment(_) = self else {
             return None;
         };
-        let masks: Vec<_> = (0..scene.objects.len())
-            .filter_map(|i| scene.mask(i))
-            .collect();
-        let objects: Vec<(String, crate::task::BoundingBox, &crate::BinaryMask)> = scene
+        // Masks only of the objects the question asks for.
+        let matched: Vec<(String, crate::task::BoundingBox, crate::BinaryMask)> = scene
             .objects
             .iter()
-            .zip(&masks)
-            .filter_map(|(o, m)| self.query_for(o).map(|q| (q.label(), o.bbox, m)))
+            .enumerate()
+            .filter_map(|(i, o)| Some((self.query_for(o)?.label(), o.bbox, scene.mask(i)?)))
+            .collect();
+        let objects: Vec<(&str, crate::task::BoundingBox, &crate::BinaryMask)> = matched
+            .iter()
+            .map(|(l, b, m)| (l.as_str(), *b, m))
             .collect();
         Some(encoder.segmentation_suffix(&objects, SCENE_SIZE, SCENE_SIZE))
     }
 
     /// The query of a detection or segmentation question that `o` answers.
-    fn query_for(&self, o: &Object) -> Option<&Query> {
+    pub(crate) fn query_for(&self, o: &Object) -> Option<&Query> {
         match self {
             Question::Detect(qs) | Question::Segment(qs) => qs.iter().find(|q| q.matches(o)),
             _ => None,

@@ -214,15 +214,7 @@ impl DemoSize {
     /// so that where a patch lies is known from the first step.
     fn initial_weights(&self, vocab: usize, seed: u64) -> Vec<(String, Vec<usize>, Vec<f32>)> {
         let mut rng = super::scene::Rng::new(seed);
-        let mut normal = move |n: usize| -> Vec<f32> {
-            (0..n)
-                .map(|_| {
-                    // Box-Muller: one normal sample from two uniform ones.
-                    let (u, v) = (rng.unit().max(1e-12), rng.unit());
-                    (0.02 * (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
-                })
-                .collect()
-        };
+        let mut normal = move |n: usize| rng.normals(n, 0.02);
         let mut out = Vec::new();
         let mut push =
             |name: String, shape: Vec<usize>, values: Vec<f32>| out.push((name, shape, values));

@@ -294,6 +294,16 @@ impl Rng {
     pub(crate) fn unit(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
+
+    /// `n` draws from N(0, std^2) (Box-Muller: one normal sample from two uniform ones).
+    pub(crate) fn normals(&mut self, n: usize, std: f64) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                let (u, v) = (self.unit().max(1e-12), self.unit());
+                (std * (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
