@@ -51,6 +51,7 @@ pub mod demo;
 mod error;
 mod gemma;
 mod generate;
+mod images;
 mod kv_cache;
 mod layers;
 mod lora;
@@ -78,6 +79,7 @@ pub use config::{Config, LayerKind, Release, TextArch, TextConfig, VisionConfig}
 pub use error::{Error, Result};
 pub use gemma::Decoder;
 pub use generate::{Diagnostics, FinishReason, GenerateOptions, Generation, Sampling, Timings};
+pub use images::{Images, frame_paths, load_frames};
 pub use kv_cache::KvCache;
 pub use mask_encoder::{MaskEncoder, mask_crop};
 pub use model::{ImageEmbedding, Model};

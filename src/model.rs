@@ -6,8 +6,9 @@ use burn::tensor::{Tensor, TensorData, backend::Backend};
 use image::DynamicImage;
 
 use crate::config::Config;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gemma::Decoder;
+use crate::images::Images;
 use crate::paligemma::{DecodeState, PaliGemma};
 use crate::precision::{Dtype, WeightFormat};
 use crate::preprocess::preprocess_image;
@@ -80,13 +81,21 @@ impl Origin {
 }
 
 /// Image features after the projector, ready to be merged with a prompt; compute once
-/// with [`Model::encode_image`] and reuse for several prompts.
+/// with [`Model::encode_image`] (or [`Model::encode_images`] for several images) and
+/// reuse for several prompts.
 #[derive(Debug, Clone)]
 pub struct ImageEmbedding<B: Backend> {
-    /// `[1, image_tokens, text_hidden]`.
+    /// `[1, images x image_tokens, text_hidden]`: the images' features in prompt order.
     pub features: Tensor<B, 3>,
-    /// Width and height of the original image in pixels.
-    pub original_size: (u32, u32),
+    /// Width and height of each original image in pixels.
+    pub original_sizes: Vec<(u32, u32)>,
+}
+
+impl<B: Backend> ImageEmbedding<B> {
+    /// How many images the embedding holds.
+    pub fn images(&self) -> usize {
+        self.original_sizes.len()
+    }
 }
 
 impl<B: Backend> Model<B> {
@@ -218,27 +227,84 @@ impl<B: Backend> Model<B> {
 
     /// Run the vision side once for an image, for reuse across prompts.
     pub fn encode_image(&self, image: &DynamicImage) -> Result<ImageEmbedding<B>> {
+        self.encode_images(image)
+    }
+
+    /// Run the vision side once for the images of one prompt (one batch through the
+    /// tower), for reuse across prompts. No images, or more image tokens than the
+    /// context holds with `<bos>` and `\n`, are errors before any work is done.
+    ///
+    /// ```
+    /// # fn main() -> paligemma::Result<()> {
+    /// # use paligemma::{Model, backend::Cpu};
+    /// # let model = Model::<Cpu>::from_pretrained("tests/fixtures/pg1-tiny", &Default::default())?;
+    /// let a = paligemma::load_image("tests/fixtures/images/photo.png")?;
+    /// let b = paligemma::load_image("tests/fixtures/images/gray.png")?;
+    /// let both = model.encode_images(&[&a, &b])?;
+    /// assert_eq!(both.images(), 2);
+    /// assert_eq!(both.features.dims()[1], 2 * model.config().num_image_tokens());
+    /// # Ok(()) }
+    /// ```
+    pub fn encode_images(&self, images: &(impl Images + ?Sized)) -> Result<ImageEmbedding<B>> {
+        let images = images.images();
+        self.check_image_count(images.len())?;
+        let size = self.config.vision.image_size;
+        let mut pixels = Vec::with_capacity(images.len() * 3 * size * size);
+        for (i, image) in images.iter().enumerate() {
+            let px = preprocess_image(image, size).map_err(|e| match images.len() {
+                1 => e,
+                _ => Error::Image(format!("image {}: {e}", i + 1)),
+            })?;
+            pixels.extend(px);
+        }
+        let k = images.len();
+        let pixels = Tensor::from_data(TensorData::new(pixels, [k, 3, size, size]), &self.device);
+        let features = self.image_features(pixels);
+        let [_, tokens, hidden] = features.dims();
         Ok(ImageEmbedding {
-            features: self.image_features(self.pixel_values(image)?),
-            original_size: (image.width(), image.height()),
+            features: features.reshape([1, k * tokens, hidden]),
+            original_sizes: images.iter().map(|i| (i.width(), i.height())).collect(),
         })
     }
 
-    /// Prompt ids exactly as `PaliGemmaProcessor` builds them.
+    /// Refuse zero images, or more image tokens than the context holds with `<bos>`
+    /// and `\n`.
+    pub(crate) fn check_image_count(&self, images: usize) -> Result<()> {
+        let context = self.config.text.max_position_embeddings;
+        let tokens = self.config.num_image_tokens();
+        if images == 0 {
+            return Err(Error::Image("a prompt needs at least one image".into()));
+        }
+        if images.saturating_mul(tokens).saturating_add(2) > context {
+            return Err(Error::Prompt(format!(
+                "{images} images of {tokens} tokens each, <bos> and \\n exceed the model's context of {context}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Prompt ids for one image exactly as `PaliGemmaProcessor` builds them.
     ///
     /// A prompt of more bytes than 256 per position of the context is refused before
     /// tokenizing (no token of any released vocabulary is that long, so it could not
     /// fit), which keeps a huge input from costing gigabytes first.
     pub fn prompt_ids(&self, prompt: &str) -> Result<Vec<u32>> {
+        self.prompt_ids_with_images(prompt, 1)
+    }
+
+    /// Prompt ids for `images` images as `PaliGemmaProcessor` builds them: a block of
+    /// `<image>` tokens per image, `<bos>`, the prompt and `\n`.
+    pub fn prompt_ids_with_images(&self, prompt: &str, images: usize) -> Result<Vec<u32>> {
+        self.check_image_count(images)?;
         let context = self.config.text.max_position_embeddings;
         if prompt.len() / 256 > context {
-            return Err(crate::error::Error::Prompt(format!(
+            return Err(Error::Prompt(format!(
                 "the prompt has {} bytes, more than any prompt that fits the context of {context} tokens",
                 prompt.len()
             )));
         }
         self.tokenizer
-            .prompt_ids(prompt, self.config.num_image_tokens())
+            .prompt_ids(prompt, images * self.config.num_image_tokens())
     }
 
     /// Final logits `[1, seq, vocab]` for every position of a prompt, from image

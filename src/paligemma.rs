@@ -112,22 +112,30 @@ impl<B: Backend> PaliGemma<B> {
         self.projector.forward(self.vision.forward(pixels))
     }
 
-    /// Embeddings `[1, ids.len(), hidden]` of one prompt: the image features
-    /// `[1, tokens, hidden]` in place of the leading `<image>` placeholders, the scaled
-    /// token embeddings after them.
+    /// Embeddings `[1, ids.len(), hidden]` of one prompt: the features
+    /// `[1, images x tokens, hidden]` of its images in place of the leading `<image>`
+    /// placeholders, the scaled token embeddings after them.
     pub fn embed(&self, features: &Tensor<B, 3>, ids: &[u32]) -> Result<Tensor<B, 3>> {
-        let n = self.image_tokens;
         let [_, image_rows, _] = features.dims();
-        if image_rows != n || ids.len() < n || ids[..n].iter().any(|&i| i != self.image_token) {
+        let n = self.image_tokens;
+        if image_rows == 0 || image_rows % n.max(1) != 0 {
             return Err(Error::Prompt(format!(
-                "expected {n} <image> placeholders at the start of the prompt ids"
+                "{image_rows} image feature rows are not whole images of {n} tokens"
             )));
         }
-        if ids[n..].contains(&self.image_token) {
-            return Err(Error::Prompt("<image> tokens after the image block".into()));
+        if ids.len() < image_rows || ids[..image_rows].iter().any(|&i| i != self.image_token) {
+            return Err(Error::Prompt(format!(
+                "expected {image_rows} <image> placeholders ({} images) at the start of the prompt ids",
+                image_rows / n.max(1)
+            )));
+        }
+        if ids[image_rows..].contains(&self.image_token) {
+            return Err(Error::Prompt(
+                "more <image> placeholders than image features".into(),
+            ));
         }
         let device = features.device();
-        let text = self.decoder.embed(&[ids[n..].to_vec()], &device);
+        let text = self.decoder.embed(&[ids[image_rows..].to_vec()], &device);
         let features = features.clone().cast(text.dtype());
         Ok(Tensor::cat(vec![features, text], 1))
     }
@@ -216,7 +224,7 @@ impl<B: Backend> PaliGemma<B> {
     /// Run every prompt of a batch at once and return the state to decode from and the
     /// f32 logits `[batch, vocab]` of each prompt's last position.
     ///
-    /// `prompts` pairs image features `[1, tokens, hidden]` with prompt ids; shorter
+    /// `prompts` pairs image features `[1, images x tokens, hidden]` with prompt ids; shorter
     /// prompts are left-padded with `pad_id`. Padding is invisible to every real token
     /// and positions restart at 1 after it, as transformers numbers them, so a batched
     /// row computes what it would alone. The cache has room for `new_tokens` more.

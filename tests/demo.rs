@@ -69,7 +69,7 @@ fn the_demo_model_keeps_its_scores_in_bf16_and_int8() {
 fn training_scenes_are_not_evaluation_scenes() {
     for i in [0, 7, 123_456] {
         let train = paligemma::demo::training_example::<Cpu>(i, None).expect("an example");
-        let train = train.image.to_rgb8().into_raw();
+        let train = train.images[0].to_rgb8().into_raw();
         assert_eq!(
             train,
             Scene::generate(HELD_OUT_SEEDS + i).render().into_raw()

@@ -260,7 +260,7 @@ fn fine_tuning_memorises_a_small_batch() {
     let ex = &examples(&meta)[0];
     let out = model
         .generate(
-            &ex.image,
+            &ex.images,
             &ex.prefix,
             &paligemma::GenerateOptions::default(),
         )
@@ -282,7 +282,7 @@ fn saved_fine_tune_reloads_with_the_same_logits() {
     let tuned = trainer.into_model().unwrap();
     let ex = &examples(&meta)[0];
     let logits = |m: &Model<Ad>| -> Vec<f32> {
-        let e = m.encode_image(&ex.image).unwrap();
+        let e = m.encode_images(&ex.images).unwrap();
         let ids = m.prompt_ids(&ex.prefix).unwrap();
         m.forward_logits(&e.features, &ids)
             .unwrap()
@@ -445,7 +445,10 @@ fn data_files_with_boxes_and_errors_naming_the_line() {
     );
     let examples = paligemma::train::read_examples(&good).unwrap();
     assert_eq!(examples[1].0, 3, "line numbers count blank lines");
-    let (w, h) = (examples[1].1.image.width(), examples[1].1.image.height());
+    let (w, h) = (
+        examples[1].1.images[0].width(),
+        examples[1].1.images[0].height(),
+    );
     let parsed = paligemma::task::parse_detections(&examples[1].1.suffix, w, h);
     assert_eq!(parsed.objects[0].label, "cat");
     assert!((parsed.objects[0].bbox.y_max - 40.0).abs() < f64::from(h) / 1023.0);

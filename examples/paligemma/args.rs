@@ -169,10 +169,18 @@ pub struct ModelArgs {
     /// for the embedded demo model.
     #[arg(long)]
     pub model: PathBuf,
-    /// Image file (for `generate --batch`, images come from the batch file).
-    #[arg(long, required_unless_present = "batch")]
-    pub image: Option<PathBuf>,
-    /// Batch file for `generate`: one {"image": .., "prompt": ..} JSON object per line.
+    /// Image file; repeat for a prompt about several images, in order (for `generate
+    /// --batch`, images come from the batch file).
+    #[arg(long = "image", value_name = "IMAGE", required_unless_present_any = ["batch", "frames"])]
+    pub images: Vec<PathBuf>,
+    /// A folder of video frames (image files, taken in name order) instead of --image.
+    #[arg(long, conflicts_with = "images")]
+    pub frames: Option<PathBuf>,
+    /// With --frames: at most this many frames, sampled evenly.
+    #[arg(long, requires = "frames")]
+    pub max_frames: Option<usize>,
+    /// Batch file for `generate`: one {"image": ..} or {"images": [..]} with a
+    /// "prompt" per line.
     #[arg(long, hide = true)]
     pub batch: Option<PathBuf>,
     /// Print one JSON object as the last line of stdout.

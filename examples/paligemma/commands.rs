@@ -72,12 +72,12 @@ fn generate<B: Backend>(args: &GenerateArgs, device: &B::Device) -> Res<()> {
         return batch::<B>(args, file, &options, device);
     }
     let prompt = args.prompt.clone().unwrap_or_default();
-    let (model, image, load_s) = load::<B>(&args.common, device)?;
+    let (model, images, load_s) = load::<B>(&args.common, device)?;
     for _ in 0..args.warmup {
-        model.generate(&image, &prompt, &options)?;
+        model.generate(&images, &prompt, &options)?;
     }
     let out = if args.stream {
-        let out = model.generate_stream(&image, &prompt, &options, |piece| {
+        let out = model.generate_stream(&images, &prompt, &options, |piece| {
             use std::io::Write;
             eprint!("{piece}");
             let _ = std::io::stderr().flush();
@@ -86,20 +86,20 @@ fn generate<B: Backend>(args: &GenerateArgs, device: &B::Device) -> Res<()> {
         eprintln!();
         out?
     } else {
-        model.generate(&image, &prompt, &options)?
+        model.generate(&images, &prompt, &options)?
     };
     report_generation(&out, load_s, args.common.json)
 }
 
 /// caption, answer, ocr: the task's prompt with its default budget.
 fn text_task<B: Backend>(args: &ModelArgs, device: &B::Device, task: &Task) -> Res<()> {
-    let (model, image, load_s) = load::<B>(args, device)?;
+    let (model, images, load_s) = load::<B>(args, device)?;
     let options = GenerateOptions {
         max_new_tokens: task.default_max_new_tokens(),
         diagnostics: cli_diagnostics(),
         ..Default::default()
     };
-    let out: Generation = model.run_task(&image, task, &options)?;
+    let out: Generation = model.run_task(&images, task, &options)?;
     report_generation(&out, load_s, args.json)
 }
 
@@ -121,22 +121,43 @@ pub fn open_model<B: Backend>(
     Ok(model)
 }
 
+/// The images of `--image` (repeatable) or `--frames`, then the model.
 fn load<B: Backend>(
     args: &ModelArgs,
     device: &B::Device,
-) -> Res<(Model<B>, image::DynamicImage, f64)> {
-    let path = args.image.as_ref().ok_or("--image is required")?;
-    let image = paligemma::load_image(path)?;
+) -> Res<(Model<B>, Vec<image::DynamicImage>, f64)> {
+    let images = match &args.frames {
+        Some(dir) => paligemma::load_frames(dir, args.max_frames)?,
+        None if args.images.is_empty() => return Err("--image or --frames is required".into()),
+        None => args
+            .images
+            .iter()
+            .map(paligemma::load_image)
+            .collect::<paligemma::Result<_>>()?,
+    };
     let start = Instant::now();
     let model = open_model::<B>(&args.model, device, &args.load)?;
-    Ok((model, image, start.elapsed().as_secs_f64()))
+    Ok((model, images, start.elapsed().as_secs_f64()))
 }
 
 /// One line of a batch file.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct BatchLine {
-    image: PathBuf,
+    image: Option<PathBuf>,
+    images: Option<Vec<PathBuf>>,
     prompt: String,
+}
+
+impl BatchLine {
+    /// The line's image files, in order.
+    fn files(&self) -> Result<Vec<PathBuf>, String> {
+        match (&self.image, &self.images) {
+            (Some(one), None) => Ok(vec![one.clone()]),
+            (None, Some(several)) if !several.is_empty() => Ok(several.clone()),
+            _ => Err("give \"image\" or a non-empty \"images\"".into()),
+        }
+    }
 }
 
 /// `generate --batch FILE.jsonl`: one JSON result per input line, in input order.
@@ -154,10 +175,15 @@ fn batch<B: Backend>(
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
     {
-        let job: BatchLine =
-            serde_json::from_str(line).map_err(|e| format!("{}:{}: {e}", file.display(), n + 1))?;
-        let image = paligemma::load_image(&job.image)?;
-        jobs.push((job, image));
+        let at = |e: String| format!("{}:{}: {e}", file.display(), n + 1);
+        let job: BatchLine = serde_json::from_str(line).map_err(|e| at(e.to_string()))?;
+        let files = job.files().map_err(at)?;
+        let images = files
+            .iter()
+            .map(paligemma::load_image)
+            .collect::<paligemma::Result<Vec<_>>>()
+            .map_err(|e| at(e.to_string()))?;
+        jobs.push((job.prompt, files, images));
     }
     let model = open_model::<B>(&args.common.model, device, &args.common.load)?;
     let bar = indicatif::ProgressBar::new(jobs.len() as u64);
@@ -166,14 +192,18 @@ fn batch<B: Backend>(
     }
     let start = Instant::now();
     for chunk in jobs.chunks(args.batch_size.max(1)) {
-        let inputs: Vec<(&image::DynamicImage, &str)> = chunk
+        let inputs: Vec<(&[image::DynamicImage], &str)> = chunk
             .iter()
-            .map(|(job, img)| (img, job.prompt.as_str()))
+            .map(|(prompt, _, images)| (images.as_slice(), prompt.as_str()))
             .collect();
-        for ((job, _), out) in chunk.iter().zip(model.generate_batch(&inputs, options)?) {
+        for ((prompt, files, _), out) in chunk.iter().zip(model.generate_batch(&inputs, options)?) {
             let line = BatchLineJson {
-                image: &job.image,
-                prompt: &job.prompt,
+                image: match files.as_slice() {
+                    [one] => Some(one.as_path()),
+                    _ => None,
+                },
+                images: (files.len() > 1).then_some(files.as_slice()),
+                prompt,
                 generated_ids: &out.generated_ids,
                 text: &out.text,
             };
@@ -184,7 +214,7 @@ fn batch<B: Backend>(
     bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
     eprintln!(
-        "{} images in {secs:.2}s ({:.2} images/s)",
+        "{} prompts in {secs:.2}s ({:.2} prompts/s)",
         jobs.len(),
         jobs.len() as f64 / secs
     );
@@ -196,7 +226,15 @@ fn objects<B: Backend>(args: ObjectArgs, segment: bool, device: &B::Device) -> R
     if let Some(path) = &args.out {
         check_output(path)?;
     }
-    let (mut model, image, load_s) = load::<B>(&args.common, device)?;
+    let (mut model, mut images, load_s) = load::<B>(&args.common, device)?;
+    if images.len() != 1 {
+        return Err(format!(
+            "detect and segment take one image, not {}: boxes are in one image's pixels",
+            images.len()
+        )
+        .into());
+    }
+    let image = images.remove(0);
     if let Some(vae) = &args.vae {
         model = model.with_mask_decoder(vae)?;
     }

@@ -46,7 +46,10 @@ impl<'a> GenerationJson<'a> {
 /// One line of `generate --batch`.
 #[derive(Serialize)]
 pub struct BatchLineJson<'a> {
-    pub image: &'a Path,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<&'a Path>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub images: Option<&'a [std::path::PathBuf]>,
     pub prompt: &'a str,
     pub generated_ids: &'a [u32],
     pub text: &'a str,

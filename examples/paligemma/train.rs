@@ -145,8 +145,12 @@ fn evaluate<B: Backend>(
     for ex in examples {
         let budget = model.tokenizer().suffix_ids(&ex.suffix)?.len() + 16;
         let options = paligemma::GenerateOptions::default().max_new_tokens(budget);
-        let out = model.generate(&ex.image, &ex.prefix, &options)?;
-        let (w, h) = (ex.image.width(), ex.image.height());
+        let out = model.generate(&ex.images, &ex.prefix, &options)?;
+        // Box targets come with one image (read_examples refuses them otherwise).
+        let (w, h) = ex
+            .images
+            .first()
+            .map_or((1, 1), |i| (i.width(), i.height()));
         let target = parse_detections(&ex.suffix, w, h);
         if !target.objects.is_empty() && target.skipped.is_empty() {
             let predicted = parse_detections(&out.text, w, h).objects;

@@ -2,7 +2,7 @@
 //! cached step per new token for the whole batch, each row stopping on its own.
 //!
 //! A single prompt is a batch of one. The loop sees the model only through
-//! [`Model::prompt_ids`], [`Model::prefill`], [`Model::extend`] and the tokenizer.
+//! [`Model::prompt_ids_with_images`], [`Model::prefill`], [`Model::extend`] and the tokenizer.
 
 use std::time::Instant;
 
@@ -94,8 +94,8 @@ impl<B: Backend> Model<B> {
     ) -> Result<Vec<Row>> {
         let context = self.config().text.max_position_embeddings;
         let mut rows = Vec::with_capacity(inputs.len());
-        for (i, (_, prompt)) in inputs.iter().enumerate() {
-            let ids = self.prompt_ids(prompt)?;
+        for (i, (embedding, prompt)) in inputs.iter().enumerate() {
+            let ids = self.prompt_ids_with_images(prompt, embedding.images())?;
             // Saturating: a budget of usize::MAX is an error, not an overflow.
             if ids.len().saturating_add(options.max_new_tokens) > context {
                 return Err(Error::Prompt(format!(

@@ -4,6 +4,11 @@
 //! ([`Task::default_max_new_tokens`]) and turns the output into typed results, with
 //! boxes and masks in pixels of the original image. Detection and segmentation share
 //! one path, [`Model::object_task`], and differ only in how the text becomes objects.
+//!
+//! Captions, descriptions, answers, questions and OCR take one image or several
+//! ([`Images`], e.g. the frames of a short video). Detection and segmentation take one:
+//! boxes are in the coordinates of one image, and nothing in a PaliGemma output says
+//! which of several images a box belongs to.
 
 use burn::tensor::backend::Backend;
 use image::DynamicImage;
@@ -13,6 +18,7 @@ use super::parse::{parse_detections, parse_segmentations};
 use super::prompt::Task;
 use crate::error::{Error, Result};
 use crate::generate::{GenerateOptions, Generation};
+use crate::images::Images;
 use crate::model::Model;
 use crate::segmentation::{MaskDecoder, paste_mask};
 
@@ -34,22 +40,32 @@ const VAE_HINT: &str = "segmentation needs the VQ-VAE mask decoder vae-oid.npz (
 
 impl<B: Backend> Model<B> {
     /// Run a task with explicit generation options and return the raw generation.
+    /// Detection and segmentation tasks with more than one image are refused (see the
+    /// module documentation).
     pub fn run_task(
         &self,
-        image: &DynamicImage,
+        images: &(impl Images + ?Sized),
         task: &Task,
         options: &GenerateOptions,
     ) -> Result<Generation> {
-        self.generate(image, &task.prompt()?, options)
+        let count = images.images().len();
+        if count > 1 && matches!(task, Task::Detect { .. } | Task::Segment { .. }) {
+            return Err(Error::Prompt(format!(
+                "detection and segmentation take one image, not {count}: boxes are in one \
+                 image's coordinates and the output does not say which image they are in"
+            )));
+        }
+        self.generate(images, &task.prompt()?, options)
     }
 
     /// Run a task greedily with its default budget and return the text.
-    fn task_text(&self, image: &DynamicImage, task: &Task) -> Result<String> {
+    fn task_text(&self, images: &(impl Images + ?Sized), task: &Task) -> Result<String> {
         let options = GenerateOptions::default().max_new_tokens(task.default_max_new_tokens());
-        Ok(self.run_task(image, task, &options)?.text)
+        Ok(self.run_task(images, task, &options)?.text)
     }
 
-    /// A short caption in language `lang` (`"en"`, `"de"`, ...).
+    /// A short caption in language `lang` (`"en"`, `"de"`, ...), of one image or of
+    /// several.
     ///
     /// ```
     /// # fn main() -> paligemma::Result<()> {
@@ -57,18 +73,20 @@ impl<B: Backend> Model<B> {
     /// # let model = Model::<Cpu>::from_pretrained("tests/fixtures/pg1-tiny", &Default::default())?;
     /// let image = paligemma::load_image("tests/fixtures/images/photo.png")?;
     /// let caption: String = model.caption(&image, "en")?;
+    /// let frames = paligemma::load_frames("tests/fixtures/images", Some(3))?;
+    /// let of_the_clip: String = model.caption(&frames, "en")?;
     /// # Ok(()) }
     /// ```
-    pub fn caption(&self, image: &DynamicImage, lang: &str) -> Result<String> {
-        self.task_text(image, &Task::caption(lang))
+    pub fn caption(&self, images: &(impl Images + ?Sized), lang: &str) -> Result<String> {
+        self.task_text(images, &Task::caption(lang))
     }
 
     /// A longer description in language `lang`.
-    pub fn describe(&self, image: &DynamicImage, lang: &str) -> Result<String> {
-        self.task_text(image, &Task::describe(lang))
+    pub fn describe(&self, images: &(impl Images + ?Sized), lang: &str) -> Result<String> {
+        self.task_text(images, &Task::describe(lang))
     }
 
-    /// Answer a question about the image, in language `lang`.
+    /// Answer a question about the image (or images), in language `lang`.
     ///
     /// ```
     /// # fn main() -> paligemma::Result<()> {
@@ -78,11 +96,16 @@ impl<B: Backend> Model<B> {
     /// let answer = model.answer(&image, "en", "what color is the car?")?;
     /// # Ok(()) }
     /// ```
-    pub fn answer(&self, image: &DynamicImage, lang: &str, question: &str) -> Result<String> {
-        self.task_text(image, &Task::answer(lang, question))
+    pub fn answer(
+        &self,
+        images: &(impl Images + ?Sized),
+        lang: &str,
+        question: &str,
+    ) -> Result<String> {
+        self.task_text(images, &Task::answer(lang, question))
     }
 
-    /// The text in the image.
+    /// The text in the image (or images).
     ///
     /// ```
     /// # fn main() -> paligemma::Result<()> {
@@ -92,8 +115,8 @@ impl<B: Backend> Model<B> {
     /// let text = model.ocr(&image)?;
     /// # Ok(()) }
     /// ```
-    pub fn ocr(&self, image: &DynamicImage) -> Result<String> {
-        self.task_text(image, &Task::Ocr)
+    pub fn ocr(&self, images: &(impl Images + ?Sized)) -> Result<String> {
+        self.task_text(images, &Task::Ocr)
     }
 
     /// Boxes of one object class, in pixels of `image`.

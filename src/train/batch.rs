@@ -1,6 +1,6 @@
 //! Training examples and the model inputs they become, exactly as transformers'
 //! `PaliGemmaProcessor(text=prefix, images=image, suffix=suffix, padding="longest")`
-//! builds them: `<image>` x N, `<bos>`, prefix, `\n` (token type 0), then the suffix
+//! builds them: `<image>` x N per image, `<bos>`, prefix, `\n` (token type 0), then the suffix
 //! and `<eos>` (type 1, the only labelled tokens), padded on the tokenizer's
 //! `padding_side` (Gemma's default: left).
 
@@ -12,11 +12,12 @@ use crate::model::Model;
 use crate::preprocess::preprocess_image;
 use crate::tokenizer::PaddingSide;
 
-/// One training example: an image, the prompt it answers and the target output.
+/// One training example: its image (or images), the prompt it answers and the target
+/// output.
 #[derive(Debug, Clone)]
 pub struct Example {
-    /// The image.
-    pub image: DynamicImage,
+    /// The images in prompt order; one for most tasks.
+    pub images: Vec<DynamicImage>,
     /// The prompt, e.g. `"caption en"`.
     pub prefix: String,
     /// What the model should answer, e.g. `"a red circle"`; `<eos>` is appended.
@@ -24,10 +25,19 @@ pub struct Example {
 }
 
 impl Example {
-    /// An example from its parts.
+    /// An example about one image.
     pub fn new(image: DynamicImage, prefix: impl Into<String>, suffix: impl Into<String>) -> Self {
+        Example::with_images(vec![image], prefix, suffix)
+    }
+
+    /// An example about several images (each its own block of image tokens, in order).
+    pub fn with_images(
+        images: Vec<DynamicImage>,
+        prefix: impl Into<String>,
+        suffix: impl Into<String>,
+    ) -> Self {
         Example {
-            image,
+            images,
             prefix: prefix.into(),
             suffix: suffix.into(),
         }
@@ -52,7 +62,9 @@ pub struct Batch {
     pub left_padding: Vec<usize>,
     /// Tokens of each row's bidirectional prefix (image, `<bos>`, prefix, `\n`).
     pub prefix_lengths: Vec<usize>,
-    /// `[rows, 3, size, size]` normalised pixels, row-major.
+    /// Images of each row.
+    pub images_per_row: Vec<usize>,
+    /// `[images, 3, size, size]` normalised pixels of every row's images in order.
     pixels: Vec<f32>,
     image_size: usize,
 }
@@ -78,20 +90,22 @@ impl Batch {
         self.labels.iter().flatten().filter(|l| l.is_some()).count()
     }
 
-    /// The pixels as a `[rows, 3, size, size]` tensor.
+    /// The pixels of every row's images, in order, as an `[images, 3, size, size]`
+    /// tensor (`images` is the sum of [`Batch::images_per_row`]).
     pub fn pixels<B: Backend>(&self, device: &B::Device) -> Tensor<B, 4> {
         let s = self.image_size;
+        let images = self.images_per_row.iter().sum::<usize>();
         Tensor::from_data(
-            TensorData::new(self.pixels.clone(), [self.len(), 3, s, s]),
+            TensorData::new(self.pixels.clone(), [images, 3, s, s]),
             device,
         )
     }
 }
 
 impl<B: Backend> Model<B> {
-    /// Turn examples into a training batch. Errors name the example: an image that
-    /// cannot be preprocessed, a prompt or suffix with `<image>` tokens, or a row
-    /// longer than the model's context.
+    /// Turn examples into a training batch. Errors name the example: no image, an
+    /// image that cannot be preprocessed, a prompt or suffix with `<image>` tokens, or
+    /// a row longer than the model's context.
     ///
     /// ```
     /// # fn main() -> paligemma::Result<()> {
@@ -120,7 +134,9 @@ impl<B: Backend> Model<B> {
         let mut pixels = Vec::with_capacity(examples.len() * 3 * size * size);
         for (i, ex) in examples.iter().enumerate() {
             let at = |e: Error| Error::Prompt(format!("training example {i}: {e}"));
-            let prompt = self.prompt_ids(&ex.prefix).map_err(at)?;
+            let prompt = self
+                .prompt_ids_with_images(&ex.prefix, ex.images.len())
+                .map_err(at)?;
             let suffix = tokenizer.suffix_ids(&ex.suffix).map_err(at)?;
             if prompt.len() + suffix.len() > context {
                 return Err(Error::Prompt(format!(
@@ -129,7 +145,9 @@ impl<B: Backend> Model<B> {
                     suffix.len()
                 )));
             }
-            pixels.extend(preprocess_image(&ex.image, size).map_err(at)?);
+            for image in &ex.images {
+                pixels.extend(preprocess_image(image, size).map_err(at)?);
+            }
             rows.push((prompt, suffix));
         }
         let width = rows
@@ -145,6 +163,7 @@ impl<B: Backend> Model<B> {
             lengths: Vec::with_capacity(rows.len()),
             left_padding: Vec::with_capacity(rows.len()),
             prefix_lengths: Vec::with_capacity(rows.len()),
+            images_per_row: examples.iter().map(|e| e.images.len()).collect(),
             pixels,
             image_size: size,
         };

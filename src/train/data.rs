@@ -1,9 +1,11 @@
 //! Training data files: JSON lines of `{"image": "path", "prefix": "...", "suffix":
-//! "..."}`, image paths relative to the file; instead of `suffix`, `"boxes": [{"label":
+//! "..."}`, image paths relative to the file (or `"images": ["a.png", "b.png"]` for a
+//! prompt about several images, e.g. video frames); instead of `suffix`, `"boxes": [{"label":
 //! "cat", "bbox": [x_min, y_min, x_max, y_max]}]` in pixels makes a detection target,
 //! and `"masks": [{"label": "cat", "mask": "cat-mask.png"}]` (a mask image of the
 //! image's size, non-black inside the object; optionally a `"bbox"`, otherwise the
-//! mask's extent) a segmentation target, encoded by the checkpoint's VQ-VAE encoder.
+//! mask's extent) a segmentation target, encoded by the checkpoint's VQ-VAE encoder
+//! (boxes and masks need exactly one image: they are in its pixels).
 //! Every line is checked (JSON, fields, image, target) before anything trains, and an
 //! error names the file and line.
 
@@ -22,7 +24,8 @@ use burn::tensor::backend::Backend;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Line {
-    image: String,
+    image: Option<String>,
+    images: Option<Vec<String>>,
     prefix: String,
     suffix: Option<String>,
     boxes: Option<Vec<LabelledBox>>,
@@ -83,10 +86,32 @@ pub fn read_examples_with<B: Backend>(
             reason,
         };
         let l: Line = serde_json::from_str(line).map_err(|e| at(e.to_string()))?;
-        let image = load_image(base.join(&l.image)).map_err(|e| at(e.to_string()))?;
+        let files = match (l.image, l.images) {
+            (Some(one), None) => vec![one],
+            (None, Some(several)) if !several.is_empty() => several,
+            (None, Some(_)) => return Err(at("\"images\" is empty".into())),
+            _ => return Err(at("give exactly one of \"image\" or \"images\"".into())),
+        };
+        let images = files
+            .iter()
+            .map(|f| load_image(base.join(f)).map_err(|e| at(e.to_string())))
+            .collect::<Result<Vec<_>>>()?;
+        let image = match images.as_slice() {
+            [one] => Some(one),
+            _ => None,
+        };
+        let one_image = |what: &str| {
+            image.ok_or_else(|| {
+                at(format!(
+                    "\"{what}\" targets are in one image's pixels; this line has {} images",
+                    images.len()
+                ))
+            })
+        };
         let suffix = match (l.suffix, l.boxes, l.masks) {
             (Some(s), None, None) => s,
             (None, Some(boxes), None) => {
+                let image = one_image("boxes")?;
                 let objects: Vec<(String, BoundingBox)> = boxes
                     .into_iter()
                     .map(|b| (b.label, pixel_box(b.bbox)))
@@ -99,6 +124,7 @@ pub fn read_examples_with<B: Backend>(
                         (vae-oid.npz); give the <seg> codes in \"suffix\" instead"
                         .into())
                 })?;
+                let image = one_image("masks")?;
                 let (w, h) = (image.width(), image.height());
                 let mut objects = Vec::with_capacity(masks.len());
                 for m in masks {
@@ -125,7 +151,7 @@ pub fn read_examples_with<B: Backend>(
                 ));
             }
         };
-        out.push((n + 1, Example::new(image, l.prefix, suffix)));
+        out.push((n + 1, Example::with_images(images, l.prefix, suffix)));
     }
     if out.is_empty() {
         return Err(Error::Data {

@@ -88,9 +88,15 @@ impl<B: Backend> Model<B> {
         let features = net.image_features(batch.pixels::<B>(device));
         let [_, tokens, hidden] = features.dims();
         let pad_id = self.tokenizer().padding_id();
+        let mut first_image = 0;
         let embedded = (0..rows)
             .map(|r| {
-                let f = features.clone().slice([r..r + 1, 0..tokens, 0..hidden]);
+                let k = batch.images_per_row[r];
+                let f = features
+                    .clone()
+                    .slice([first_image..first_image + k, 0..tokens, 0..hidden])
+                    .reshape([1, k * tokens, hidden]);
+                first_image += k;
                 let (left, len) = (batch.left_padding[r], batch.lengths[r]);
                 let ids = &batch.input_ids[r][left..left + len];
                 net.embed_padded(&f, ids, (left, width - left - len), pad_id)
