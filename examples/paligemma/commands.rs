@@ -160,7 +160,13 @@ impl BatchLine {
     }
 }
 
-/// `generate --batch FILE.jsonl`: one JSON result per input line, in input order.
+/// `generate --batch FILE.jsonl`: one JSON line out per input line, in input order,
+/// each with its line number. Lines are read, checked and their images decoded one
+/// batch at a time, after the model is loaded, so memory holds one batch's images. A
+/// line that cannot be read (bad JSON, a missing or undecodable image) or whose
+/// generation fails gets an `"error"` line and the others go on; when a batch fails,
+/// its rows run one by one, so one bad row costs no valid results. The exit status is
+/// an error when any line failed.
 fn batch<B: Backend>(
     args: &GenerateArgs,
     file: &Path,
@@ -169,45 +175,62 @@ fn batch<B: Backend>(
 ) -> Res<()> {
     use std::io::IsTerminal;
     let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
-    let mut jobs = Vec::new();
-    for (n, line) in text
+    let lines: Vec<(usize, &str)> = text
         .lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let at = |e: String| format!("{}:{}: {e}", file.display(), n + 1);
-        let job: BatchLine = serde_json::from_str(line).map_err(|e| at(e.to_string()))?;
-        let files = job.files().map_err(at)?;
-        let images = files
-            .iter()
-            .map(paligemma::load_image)
-            .collect::<paligemma::Result<Vec<_>>>()
-            .map_err(|e| at(e.to_string()))?;
-        jobs.push((job.prompt, files, images));
-    }
+        .map(|(n, l)| (n + 1, l))
+        .collect();
     let model = open_model::<B>(&args.common.model, device, &args.common.load)?;
-    let bar = indicatif::ProgressBar::new(jobs.len() as u64);
+    let bar = indicatif::ProgressBar::new(lines.len() as u64);
     if args.common.json && !std::io::stderr().is_terminal() {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let start = Instant::now();
-    for chunk in jobs.chunks(args.batch_size.max(1)) {
-        let inputs: Vec<(&[image::DynamicImage], &str)> = chunk
+    let mut failed = 0usize;
+    let mut report = |n: usize, result: Result<(&Job, &Generation), String>| -> Res<()> {
+        let line = match result {
+            Ok((job, out)) => BatchLineJson::result(n, &job.prompt, &job.files, out),
+            Err(e) => {
+                failed += 1;
+                eprintln!("error: {}:{n}: {e}", file.display());
+                BatchLineJson::error(n, e)
+            }
+        };
+        println!("{}", serde_json::to_string(&line)?);
+        Ok(())
+    };
+    for chunk in lines.chunks(args.batch_size.max(1)) {
+        let jobs: Vec<(usize, Result<Job, String>)> = chunk
             .iter()
-            .map(|(prompt, _, images)| (images.as_slice(), prompt.as_str()))
+            .map(|&(n, line)| (n, Job::read(line)))
             .collect();
-        for ((prompt, files, _), out) in chunk.iter().zip(model.generate_batch(&inputs, options)?) {
-            let line = BatchLineJson {
-                image: match files.as_slice() {
-                    [one] => Some(one.as_path()),
-                    _ => None,
-                },
-                images: (files.len() > 1).then_some(files.as_slice()),
-                prompt,
-                generated_ids: &out.generated_ids,
-                text: &out.text,
-            };
-            println!("{}", serde_json::to_string(&line)?);
+        let valid: Vec<&Job> = jobs.iter().filter_map(|(_, j)| j.as_ref().ok()).collect();
+        let inputs: Vec<(&[image::DynamicImage], &str)> = valid
+            .iter()
+            .map(|j| (j.images.as_slice(), j.prompt.as_str()))
+            .collect();
+        let mut outs = match model.generate_batch(&inputs, options) {
+            Ok(outs) => outs.into_iter().map(Ok).collect::<Vec<_>>(),
+            // One row's failure must not cost the others: run them alone.
+            Err(_) => inputs
+                .iter()
+                .map(|(images, prompt)| {
+                    model
+                        .generate(*images, prompt, options)
+                        .map_err(|e| e.to_string())
+                })
+                .collect(),
+        }
+        .into_iter();
+        for (n, job) in &jobs {
+            match job {
+                Ok(job) => {
+                    let out = outs.next().unwrap_or_else(|| Err("no result".into()));
+                    report(*n, out.as_ref().map(|o| (job, o)).map_err(Clone::clone))?;
+                }
+                Err(e) => report(*n, Err(e.clone()))?,
+            }
         }
         bar.inc(chunk.len() as u64);
     }
@@ -215,10 +238,37 @@ fn batch<B: Backend>(
     let secs = start.elapsed().as_secs_f64();
     eprintln!(
         "{} prompts in {secs:.2}s ({:.2} prompts/s)",
-        jobs.len(),
-        jobs.len() as f64 / secs
+        lines.len(),
+        lines.len() as f64 / secs
     );
-    Ok(())
+    match failed {
+        0 => Ok(()),
+        n => Err(format!("{n} of {} lines failed", lines.len()).into()),
+    }
+}
+
+/// One line of a batch file, read and its images decoded.
+struct Job {
+    prompt: String,
+    files: Vec<PathBuf>,
+    images: Vec<image::DynamicImage>,
+}
+
+impl Job {
+    fn read(line: &str) -> Result<Job, String> {
+        let line: BatchLine = serde_json::from_str(line).map_err(|e| e.to_string())?;
+        let files = line.files()?;
+        let images = files
+            .iter()
+            .map(paligemma::load_image)
+            .collect::<paligemma::Result<Vec<_>>>()
+            .map_err(|e| e.to_string())?;
+        Ok(Job {
+            prompt: line.prompt,
+            files,
+            images,
+        })
+    }
 }
 
 /// detect, segment: the typed object tasks.

@@ -43,16 +43,59 @@ impl<'a> GenerationJson<'a> {
     }
 }
 
-/// One line of `generate --batch`.
+/// One line of `generate --batch`: a result, or what went wrong with that line.
 #[derive(Serialize)]
 pub struct BatchLineJson<'a> {
+    /// 1-based line of the batch file.
+    pub line: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<&'a Path>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub images: Option<&'a [std::path::PathBuf]>,
-    pub prompt: &'a str,
-    pub generated_ids: &'a [u32],
-    pub text: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generated_ids: Option<&'a [u32]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl<'a> BatchLineJson<'a> {
+    /// The generation for line `line`.
+    pub fn result(
+        line: usize,
+        prompt: &'a str,
+        files: &'a [std::path::PathBuf],
+        out: &'a paligemma::Generation,
+    ) -> Self {
+        BatchLineJson {
+            line,
+            image: match files {
+                [one] => Some(one.as_path()),
+                _ => None,
+            },
+            images: (files.len() > 1).then_some(files),
+            prompt: Some(prompt),
+            generated_ids: Some(&out.generated_ids),
+            text: Some(&out.text),
+            error: None,
+        }
+    }
+
+    /// Why line `line` has no result.
+    pub fn error(line: usize, error: String) -> Self {
+        BatchLineJson {
+            line,
+            image: None,
+            images: None,
+            prompt: None,
+            generated_ids: None,
+            text: None,
+            error: Some(error),
+        }
+    }
 }
 
 /// One detected or segmented object.

@@ -1,0 +1,156 @@
+//! The command-line tool (`examples/paligemma`, built by `cargo test` beside the test
+//! binaries) on the tiny fixture: several images and frames per prompt, and `generate
+//! --batch` going on past bad lines. A plain `cargo test` builds the example first;
+//! `cargo test --test cli` alone runs whatever example binary was built last.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use common::fixtures;
+
+fn cli() -> Option<PathBuf> {
+    // target/<profile>/deps/cli-<hash> -> target/<profile>/examples/paligemma
+    let exe = std::env::current_exe().ok()?;
+    let path = exe
+        .parent()?
+        .parent()?
+        .join("examples")
+        .join(format!("paligemma{}", std::env::consts::EXE_SUFFIX));
+    path.is_file().then_some(path)
+}
+
+fn run(args: &[&str]) -> Option<Output> {
+    let Some(cli) = cli() else {
+        eprintln!("skipped: the paligemma example is not built beside the tests");
+        return None;
+    };
+    Some(Command::new(cli).args(args).output().unwrap())
+}
+
+fn image(name: &str) -> String {
+    fixtures().join("images").join(name).display().to_string()
+}
+
+fn model() -> String {
+    fixtures().join("pg1-tiny").display().to_string()
+}
+
+fn last_json(out: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap()
+}
+
+#[test]
+fn repeated_images_and_frames_make_one_prompt() {
+    let m = model();
+    let (a, b) = (image("photo.png"), image("gray.png"));
+    let Some(two) = run(&[
+        "caption", "--model", &m, "--image", &a, "--image", &b, "--json",
+    ]) else {
+        return;
+    };
+    assert!(
+        two.status.success(),
+        "{}",
+        String::from_utf8_lossy(&two.stderr)
+    );
+    // 16 image tokens per image, <bos>, "caption en" (2 tokens), "\n".
+    assert_eq!(
+        last_json(&two)["prompt_ids"].as_array().unwrap().len(),
+        2 * 16 + 4
+    );
+
+    let dir = fixtures().join("images").display().to_string();
+    let frames = run(&[
+        "caption",
+        "--model",
+        &m,
+        "--frames",
+        &dir,
+        "--max-frames",
+        "3",
+        "--json",
+    ])
+    .unwrap();
+    assert!(
+        frames.status.success(),
+        "{}",
+        String::from_utf8_lossy(&frames.stderr)
+    );
+    assert_eq!(
+        last_json(&frames)["prompt_ids"].as_array().unwrap().len(),
+        3 * 16 + 4
+    );
+
+    let detect = run(&[
+        "detect", "--model", &m, "--image", &a, "--image", &b, "--object", "cat",
+    ])
+    .unwrap();
+    assert!(!detect.status.success());
+    assert!(String::from_utf8_lossy(&detect.stderr).contains("take one image"));
+}
+
+#[test]
+fn batch_lines_fail_alone_and_carry_their_line_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("batch.jsonl");
+    let (a, b) = (image("photo.png"), image("gray.png"));
+    let lines = [
+        serde_json::json!({"images": [a, b], "prompt": "caption en"}).to_string(),
+        "not json".into(),
+        serde_json::json!({"image": "missing.png", "prompt": "caption en"}).to_string(),
+        String::new(),
+        serde_json::json!({"image": a, "prompt": "<image> caption en"}).to_string(),
+        serde_json::json!({"image": b, "prompt": "caption en"}).to_string(),
+    ];
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let f = file.display().to_string();
+    let m = model();
+    let Some(out) = run(&[
+        "generate",
+        "--model",
+        &m,
+        "--batch",
+        &f,
+        "--batch-size",
+        "3",
+        "--max-new-tokens",
+        "3",
+    ]) else {
+        return;
+    };
+    assert!(!out.status.success(), "failed lines make the run fail");
+    let results: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let numbers: Vec<u64> = results
+        .iter()
+        .map(|r| r["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        numbers,
+        [1, 2, 3, 5, 6],
+        "one output per non-blank line, in order"
+    );
+    let failed: Vec<bool> = results.iter().map(|r| r.get("error").is_some()).collect();
+    assert_eq!(failed, [false, true, true, true, false]);
+    assert!(
+        results[2]["error"]
+            .as_str()
+            .unwrap()
+            .contains("missing.png")
+    );
+    // The rows that are fine get the same ids as alone.
+    for (r, img) in [(&results[0], vec![&a, &b]), (&results[4], vec![&b])] {
+        let mut args = vec!["generate", "--model", &m, "--prompt", "caption en"];
+        for i in &img {
+            args.extend(["--image", i.as_str()]);
+        }
+        args.extend(["--max-new-tokens", "3", "--json"]);
+        let alone = last_json(&run(&args).unwrap());
+        assert_eq!(r["generated_ids"], alone["generated_ids"]);
+    }
+}
