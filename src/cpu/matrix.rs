@@ -8,7 +8,8 @@ use rayon::prelude::*;
 use super::isa::Isa;
 use super::memory::{FileBytes, from_bf16, prefer_huge_pages};
 use super::products::{
-    Operand, STREAM_ROWS, bf16_block, f32_product, int8_block, int8_stream, row_blocks, transpose,
+    Operand, STREAM_ROWS, bf16_block, bf16_values, f32_product, int8_block, int8_stream,
+    row_blocks, transpose,
 };
 use super::quantize::quantize_row;
 
@@ -230,9 +231,12 @@ impl HostMatrix {
             match &self.storage {
                 Storage::F32(w) => f32_product(isa, x, m, w.as_slice(), k, &mut out_t),
                 Storage::Int8 { q, scale } if m <= STREAM_ROWS => {
+                    // Rounded as the longer products round them, so a row's result does
+                    // not depend on how many rows share the product (batch == single).
+                    let x = bf16_values(isa, x);
                     row_blocks(&mut out_t, m, |r0, rows, _, out| {
                         let q = &q[r0 * k..(r0 + rows) * k];
-                        int8_stream(isa, x, m, q, &scale[r0..r0 + rows], k, out);
+                        int8_stream(isa, &x, m, q, &scale[r0..r0 + rows], k, out);
                     });
                 }
                 Storage::Int8 { q, scale } => {

@@ -8,7 +8,7 @@ use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 use super::avx512;
 use super::isa::Isa;
-use super::memory::to_bf16;
+use super::memory::{from_bf16, to_bf16};
 use super::portable;
 
 /// Output rows of `W` per parallel task: 64 rows of a 4096-wide k block of bf16 are
@@ -92,6 +92,12 @@ fn round_to_bf16(isa: Isa, x: &[f32]) -> Vec<u16> {
             _ => o.iter_mut().zip(x).for_each(|(o, &v)| *o = to_bf16(v)),
         });
     out
+}
+
+/// `x` rounded to bf16 and widened back: the activations every bf16 and int8 product
+/// multiplies, for the int8 decode kernel, which reads f32.
+pub(super) fn bf16_values(isa: Isa, x: &[f32]) -> Vec<f32> {
+    round_to_bf16(isa, x).into_iter().map(from_bf16).collect()
 }
 
 /// Activations rounded to bf16 once per product, in the layout the kernel reads.
