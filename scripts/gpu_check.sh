@@ -13,7 +13,9 @@
 #
 # Environment for `run`: CHECKPOINT=dir (skip writing one), TOKENIZER_FROM=dir (copy
 # the tokenizer files from a checkpoint made here, instead of training one there),
-# TIMING=0 (parity only), BENCH_TIMEOUT=seconds per timed run (default 900: on a fresh
+# TIMING=0 (parity only; otherwise `paligemma warmup` first measures the time to first
+# token on an empty kernel cache, warm in-process, and in a new process from the filled
+# cache), BENCH_TIMEOUT=seconds per timed run (default 900: on a fresh
 # machine burn's CUDA backend compiles every kernel with NVRTC and autotunes matmuls on
 # first use, which took over two minutes on an H100 for the 3B model;
 # CUBECL_AUTOTUNE_LEVEL=minimal shortens the tuning). wgpu on NVIDIA needs the Vulkan
@@ -70,6 +72,16 @@ run)
                 [ -n "${TOKENIZER_FROM:-}" ] && extra=(--tokenizer-from "$TOKENIZER_FROM")
                 python3 scripts/make_random_checkpoint.py --variant pg1-3b-224 --out "$ck" "${extra[@]}"
             fi
+            # First-call latency: pass 1 of the first process runs on an empty cache
+            # (compiles and tunes everything), pass 2 is warm in-process, and the second
+            # process starts from the filled cache.
+            cache=$(mktemp -d)
+            for run in "cold cache + in-process" "new process, warm cache"; do
+                echo "== first-call latency on cuda, bf16: $run =="
+                passes=2; [ "$run" = "new process, warm cache" ] && passes=1
+                timeout "${BENCH_TIMEOUT:-900}" "$dir/paligemma" warmup --device cuda --dtype bf16 \
+                    --gpu-cache "$cache" --model "$ck" --max-new-tokens 8 --passes $passes || status=1
+            done
             echo "== timing: $ck, 32 new tokens, one warm-up run each =="
             python3 scripts/bench.py --gpu --cli "$dir/paligemma" --model "$ck" \
                 --timeout "${BENCH_TIMEOUT:-900}" || status=1

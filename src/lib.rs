@@ -51,6 +51,8 @@ pub mod demo;
 mod error;
 mod gemma;
 mod generate;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod gpu_cache;
 mod images;
 mod kv_cache;
 mod layers;
@@ -79,6 +81,8 @@ pub use config::{Config, LayerKind, Release, TextArch, TextConfig, VisionConfig}
 pub use error::{Error, Result};
 pub use gemma::Decoder;
 pub use generate::{Diagnostics, FinishReason, GenerateOptions, Generation, Sampling, Timings};
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub use gpu_cache::{GPU_CACHE_ENV, gpu_cache_dirs, gpu_cache_from_env, set_gpu_cache};
 pub use images::{Images, frame_paths, load_frames};
 pub use kv_cache::KvCache;
 pub use mask_encoder::{MaskEncoder, mask_crop};

@@ -24,6 +24,9 @@ impl NpyArray {
     }
 }
 
+/// The most bytes one `.npy` entry may hold (`vae-oid.npz`'s largest is a few MB).
+const MAX_NPY_BYTES: u64 = 1 << 30;
+
 /// The arrays of an `.npz` archive (a file or bytes in memory) whose names (without
 /// `.npy`) pass `wanted`; errors name the archive `name` as a mask-decoder error.
 pub(crate) fn read_npz_from(
@@ -41,10 +44,24 @@ pub(crate) fn read_npz_from(
         if !wanted(&name) {
             continue;
         }
+        // The declared size is the archive's word: bound it before allocating, and
+        // never read past the bound whatever the entry really inflates to.
+        if entry.size() > MAX_NPY_BYTES {
+            return Err(bad(format!(
+                "{name} declares {} bytes, more than the {MAX_NPY_BYTES} an array may have",
+                entry.size()
+            )));
+        }
         let mut bytes = Vec::with_capacity(entry.size() as usize);
-        entry
+        std::io::Read::by_ref(&mut entry)
+            .take(MAX_NPY_BYTES + 1)
             .read_to_end(&mut bytes)
             .map_err(|e| bad(format!("{name}: {e}")))?;
+        if bytes.len() as u64 > MAX_NPY_BYTES {
+            return Err(bad(format!(
+                "{name} holds more than the {MAX_NPY_BYTES} bytes an array may have"
+            )));
+        }
         let array = parse_npy(&bytes).map_err(|e| bad(format!("{name}: {e}")))?;
         arrays.insert(name, array);
     }
@@ -223,6 +240,36 @@ mod tests {
             assert_eq!(back[name].shape, a.shape);
             assert_eq!(back[name].data, a.data);
         }
+    }
+
+    /// An entry that claims 4 GiB is refused before anything is allocated.
+    #[test]
+    fn oversized_entries_are_refused() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("a.npz");
+        let arrays = vec![(
+            "w".to_string(),
+            NpyArray {
+                shape: vec![1],
+                data: vec![1.0],
+            },
+        )];
+        write_npz(&path, &arrays).unwrap_or_else(|e| panic!("{e}"));
+        let mut bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{e}"));
+        // The uncompressed size fields of the local (offset 22) and central (offset
+        // 24) headers.
+        let huge = 0xFFFF_FFF0u32.to_le_bytes();
+        for (signature, offset) in [(0x0403_4b50u32, 22), (0x0201_4b50, 24)] {
+            let at = (0..bytes.len() - 4)
+                .find(|&i| bytes[i..i + 4] == signature.to_le_bytes())
+                .unwrap_or_else(|| panic!("no header {signature:x}"));
+            bytes[at + offset..at + offset + 4].copy_from_slice(&huge);
+        }
+        let e = read_npz_from(std::io::Cursor::new(bytes), "a.npz", |_| true)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("declares") || e.contains("more than"), "{e}");
     }
 
     #[test]

@@ -27,6 +27,12 @@ pub struct LoadOptions {
 impl LoadOptions {
     /// Whether backend `B` on `device` can compute in this dtype with these weights.
     pub(crate) fn check_supported<B: Backend>(&self, device: &B::Device) -> Result<()> {
+        // Before anything touches a GPU device: cubecl reads its configuration once.
+        #[cfg(any(feature = "wgpu", feature = "cuda"))]
+        if !crate::backend::is_cpu::<B>() {
+            crate::gpu_cache::gpu_cache_from_env()?;
+        }
+        crate::backend::start_device::<B>(device)?;
         self.dtype.check_supported::<B>(device)?;
         self.weights.check_supported::<B>(self.dtype, device)
     }

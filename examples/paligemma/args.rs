@@ -20,6 +20,10 @@ pub struct Cli {
     /// memory multiplied by the crate's CPU kernels (CPU backends, --dtype f32).
     #[arg(long, global = true, value_enum, ignore_case = true, default_value_t = WeightsArg::Backend)]
     pub weights: WeightsArg,
+    /// GPU backends: keep compiled kernels and autotune results in this directory
+    /// (also PALIGEMMA_GPU_CACHE), so later processes start warm.
+    #[arg(long, global = true)]
+    pub gpu_cache: Option<PathBuf>,
 }
 
 /// Where the model runs.
@@ -143,6 +147,9 @@ pub enum Command {
     Segment(ObjectArgs),
     /// Parse a model output into objects without running the model.
     Parse(ParseArgs),
+    /// Compile and tune every kernel one generation needs (GPU backends; use with
+    /// --gpu-cache to pre-warm a machine or a container image), timing each pass.
+    Warmup(WarmupArgs),
     /// The loss of a data file (JSON lines of {"image", "prefix", "suffix"}).
     Loss(LossArgs),
     /// Fine-tune on a data file and save the result as a checkpoint directory.
@@ -158,7 +165,9 @@ impl Command {
             | Command::Answer { common, .. }
             | Command::Ocr { common } => Some(common),
             Command::Detect(a) | Command::Segment(a) => Some(&mut a.common),
-            Command::Parse(_) | Command::Loss(_) | Command::Finetune(_) => None,
+            Command::Parse(_) | Command::Loss(_) | Command::Finetune(_) | Command::Warmup(_) => {
+                None
+            }
         }
     }
 }
@@ -229,6 +238,25 @@ pub struct GenerateArgs {
     /// and tune their kernels on first use).
     #[arg(long, default_value_t = 0)]
     pub warmup: usize,
+}
+
+#[derive(Args)]
+pub struct WarmupArgs {
+    /// Checkpoint directory, or `demo` for the embedded demo model.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Set from the global `--dtype` and `--weights`.
+    #[arg(skip)]
+    pub load: LoadOptions,
+    /// Batch sizes to run (each compiles and tunes its own shapes).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub batch_sizes: Vec<usize>,
+    /// Tokens generated per pass.
+    #[arg(long, default_value_t = 16)]
+    pub max_new_tokens: usize,
+    /// Passes over every prompt and batch size (the first compiles and tunes).
+    #[arg(long, default_value_t = 2)]
+    pub passes: usize,
 }
 
 #[derive(Args)]

@@ -9,7 +9,7 @@ use paligemma::{Diagnostics, GenerateOptions, Generation, MaskDecoder, Model};
 use serde::Deserialize;
 
 use crate::Res;
-use crate::args::{Command, GenerateArgs, ModelArgs, ObjectArgs, ParseArgs};
+use crate::args::{Command, GenerateArgs, ModelArgs, ObjectArgs, ParseArgs, WarmupArgs};
 use crate::output::{
     self, BatchLineJson, ObjectJson, check_output, detection_annotations, report_generation,
     report_objects, save_annotated, segment_annotations,
@@ -28,6 +28,7 @@ pub fn run<B: Backend>(command: Command, device: &B::Device) -> Res<()> {
         Command::Detect(args) => objects::<B>(args, false, device),
         Command::Segment(args) => objects::<B>(args, true, device),
         Command::Parse(args) => parse::<B>(args, device),
+        Command::Warmup(args) => warmup::<B>(&args, device),
         Command::Loss(args) => crate::train::loss::<B>(&args, device),
         Command::Finetune(_) => {
             Err("finetune runs on an autodiff backend; dispatched in main".into())
@@ -324,6 +325,54 @@ fn objects<B: Backend>(args: ObjectArgs, segment: bool, device: &B::Device) -> R
             args.common.json,
         )
     }
+}
+
+/// warmup: run the prompt shapes of the tasks at each batch size, `passes` times, and
+/// time them; the first pass compiles and tunes the kernels (into the cache, with
+/// `--gpu-cache`), later ones show the warm in-process times.
+fn warmup<B: Backend>(args: &WarmupArgs, device: &B::Device) -> Res<()> {
+    let start = Instant::now();
+    let model = open_model::<B>(&args.model, device, &args.load)?;
+    eprintln!("loaded in {:.2} s", start.elapsed().as_secs_f64());
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    if let (Some(kernels), _) = paligemma::gpu_cache_dirs() {
+        eprintln!("kernel and autotune cache: {}", kernels.display());
+    }
+    let size = model.config().vision.image_size as u32;
+    let image = image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(
+        size,
+        size,
+        image::Rgb([128, 128, 128]),
+    ));
+    // Prompts of the lengths the tasks use: short, a question, several objects.
+    let prompts = [
+        "caption en",
+        "answer en what is in the image?",
+        "detect cat ; dog ; person",
+    ];
+    let options = GenerateOptions {
+        max_new_tokens: args.max_new_tokens.max(1),
+        diagnostics: Diagnostics {
+            ignore_eos: true,
+            ..cli_diagnostics()
+        },
+        ..Default::default()
+    };
+    for pass in 1..=args.passes.max(1) {
+        for &batch in &args.batch_sizes {
+            for prompt in prompts {
+                let rows: Vec<(&image::DynamicImage, &str)> = vec![(&image, prompt); batch.max(1)];
+                let t = Instant::now();
+                let out = model.generate_batch(&rows, &options)?;
+                let first = out.first().map_or(0.0, |g| g.timings.prefill_s);
+                println!(
+                    "pass {pass}  batch {batch:>3}  {prompt:<32} first token {first:>8.3} s  all {:>8.3} s",
+                    t.elapsed().as_secs_f64()
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// parse: an output given as text, without a model.

@@ -9,7 +9,11 @@
 //! paligemma detect   --model DIR --image FILE --object cat [--object dog] [--out annotated.png] [--json]
 //! paligemma segment  --model DIR --image FILE --object cat [--vae vae-oid.npz] [--out annotated.png] [--json]
 //! paligemma parse    --prompt "detect cat" --text OUTPUT --width W --height H [--vae FILE] [--json]
+//! paligemma warmup   --model DIR --device cuda --gpu-cache DIR [--batch-sizes 1,8]
 //! ```
+//!
+//! `--image` repeats (a prompt about several images), or `--frames DIR [--max-frames N]`
+//! takes the frames of a video.
 //!
 //! `args.rs` holds the arguments, `commands.rs` what each subcommand does, `output.rs`
 //! what is printed, `draw.rs` the annotated pictures.
@@ -68,6 +72,20 @@ fn dispatch(mut cli: Cli) -> Res<()> {
     if let Some(args) = cli.command.model_args() {
         args.load.dtype = cli.dtype.into();
         args.load.weights = weights;
+    }
+    if let Command::Warmup(args) = &mut cli.command {
+        args.load.dtype = cli.dtype.into();
+        args.load.weights = weights;
+    }
+    if let Some(dir) = &cli.gpu_cache {
+        #[cfg(any(feature = "wgpu", feature = "cuda"))]
+        paligemma::set_gpu_cache(dir)?;
+        #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
+        return Err(format!(
+            "--gpu-cache {} is for the GPU backends: build with --features wgpu or cuda",
+            dir.display()
+        )
+        .into());
     }
     let missing = |feature: &str| -> Res<()> {
         Err(format!(
