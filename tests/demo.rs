@@ -9,15 +9,20 @@ use paligemma::{Dtype, LoadOptions, Model, WeightFormat, backend::Cpu};
 const SCENES: u64 = 50;
 
 /// The scores the shipped demo model reaches on the first 50 held-out scenes
-/// (`cargo run --release --example eval_demo -- --scenes 50`: captions 22%, counts
-/// 61.5%, colours 70%), less a margin: a guard against regressions in the model or
-/// in the code that runs it. The targets (`docs/demo.md`) are not met yet,
-/// and detection and segmentation find no boxes yet, so they have no floor here.
+/// (`cargo run --release --example eval_demo -- --scenes 50`: captions 32%, counts
+/// 59.5%, colours 66.7%, boxes for 63.6% of the objects named by colour and shape
+/// with 17% spurious), less a margin: a guard against regressions in the model or in
+/// the code that runs it (a wrong box convention or a flipped coordinate loses every
+/// box). The targets (`docs/demo.md`) are not met yet, and segmentation finds
+/// no masks yet, so it has no floor here.
 fn check(report: &Report) {
     let msg = format!("{report}");
-    assert!(Report::rate(report.captions) >= 0.15, "{msg}");
-    assert!(Report::rate(report.counts) >= 0.55, "{msg}");
-    assert!(Report::rate(report.colors) >= 0.62, "{msg}");
+    assert!(Report::rate(report.captions) >= 0.25, "{msg}");
+    assert!(Report::rate(report.counts) >= 0.53, "{msg}");
+    assert!(Report::rate(report.colors) >= 0.60, "{msg}");
+    let boxes = &report.colored_detection;
+    let spurious = boxes.spurious() as f64 / boxes.predictions.max(1) as f64;
+    assert!(boxes.recall() >= 0.55 && spurious <= 0.25, "{msg}");
     assert!(
         report.mask_iou.1 > 0,
         "segmentation prompts were asked: {msg}"
@@ -54,10 +59,12 @@ fn the_demo_model_keeps_its_scores_in_bf16_and_int8() {
         let model = Model::<Cpu>::demo_with(&device, &options).expect("the embedded demo loads");
         let report = evaluate(&model, scenes.clone()).expect("evaluation runs");
         let msg = format!("{options:?}\n{report}\nf32:\n{reference}");
+        let boxes = |r: &Report| (r.colored_detection.matched, r.colored_detection.targets);
         for (a, b) in [
             (report.captions, reference.captions),
             (report.counts, reference.counts),
             (report.colors, reference.colors),
+            (boxes(&report), boxes(&reference)),
         ] {
             assert!((Report::rate(a) - Report::rate(b)).abs() <= 0.08, "{msg}");
         }

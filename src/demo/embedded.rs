@@ -60,7 +60,8 @@ impl<B: Backend> Model<B> {
     /// coloured shapes ([`demo::Scene`](crate::demo::Scene)), embedded in the library.
     /// It is asked with the same methods and prompts as a released checkpoint; how
     /// well it answers each task so far is in `docs/demo.md` (counts and colours mostly
-    /// right, captions sometimes, boxes and masks not yet).
+    /// right, a box for most objects named by colour and shape, captions sometimes,
+    /// masks not yet).
     ///
     /// ```
     /// # fn main() -> paligemma::Result<()> {

@@ -225,11 +225,13 @@ fn random_shape(rng: &mut Rng) -> Shape {
     Shape::ALL[rng.below(3) as usize]
 }
 
-/// A query about an object of the scene most of the time, otherwise about anything
-/// (often absent, which teaches the empty answer).
+/// A query about an object of the scene nine times out of ten, otherwise about
+/// anything (often absent, which teaches the empty answer). Absent objects are kept
+/// rare: while box coordinates are still uncertain, each `<loc>` token is less likely
+/// than the empty answer's `<eos>`, and greedy decoding never starts a box.
 fn random_query(scene: &Scene, rng: &mut Rng) -> Query {
     let colored = rng.below(2) == 0;
-    if rng.unit() < 0.75 {
+    if rng.unit() < 0.9 {
         let o = &scene.objects[rng.below(scene.objects.len() as u32) as usize];
         Query {
             shape: o.shape,

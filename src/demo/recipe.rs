@@ -212,7 +212,12 @@ impl DemoSize {
     /// of one and Gemma's RMSNorm weights of zero (it scales by `1 + w`); the vision
     /// tower's learned position embeddings start as 2-D sine-cosine ones (as MAE's do),
     /// so that where a patch lies is known from the first step.
-    fn initial_weights(&self, vocab: usize, seed: u64) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    fn initial_weights(
+        &self,
+        vocab: usize,
+        first_loc: usize,
+        seed: u64,
+    ) -> Vec<(String, Vec<usize>, Vec<f32>)> {
         let mut rng = super::scene::Rng::new(seed);
         let mut normal = move |n: usize| rng.normals(n, 0.02);
         let mut out = Vec::new();
@@ -277,11 +282,11 @@ impl DemoSize {
             vec![0.0; th],
         );
         let t = "language_model.model";
-        push(
-            format!("{t}.embed_tokens.weight"),
-            vec![vocab, th],
-            normal(vocab * th),
-        );
+        let mut embed = normal(vocab * th);
+        if let Some(rows) = embed.get_mut(first_loc * th..(first_loc + MAX_LOC as usize + 1) * th) {
+            rows.copy_from_slice(&loc_embeddings(th));
+        }
+        push(format!("{t}.embed_tokens.weight"), vec![vocab, th], embed);
         for i in 0..tl {
             let l = format!("{t}.layers.{i}");
             for norm in ["input_layernorm", "post_attention_layernorm"] {
@@ -323,6 +328,26 @@ fn sincos_2d(tokens: usize, dim: usize) -> Vec<f32> {
                 row[axis * 2 * quarter + k] = angle.sin() as f32;
                 row[axis * 2 * quarter + quarter + k] = angle.cos() as f32;
             }
+        }
+    }
+    out
+}
+
+/// Embeddings `[1024, dim]` of `<loc0000>`..`<loc1023>`: sines and cosines of the
+/// coordinate at geometrically spaced periods (from 4 to 4096 steps), with the RMS of
+/// the N(0, 0.02) rows. Neighbouring coordinates start similar, so what is learned for
+/// one box edge carries over to the positions next to it instead of every one of the
+/// 1024 tokens being learned alone.
+fn loc_embeddings(dim: usize) -> Vec<f32> {
+    let half = dim / 2;
+    let scale = 0.02 * std::f64::consts::SQRT_2;
+    let mut out = vec![0f32; (MAX_LOC as usize + 1) * dim];
+    for (d, row) in out.chunks_mut(dim).enumerate() {
+        for k in 0..half {
+            let period = 4.0 * 1024f64.powf(k as f64 / (half.max(2) - 1) as f64);
+            let angle = std::f64::consts::TAU * d as f64 / period;
+            row[k] = (scale * angle.sin()) as f32;
+            row[half + k] = (scale * angle.cos()) as f32;
         }
     }
     out
@@ -376,7 +401,11 @@ pub fn write_initial_checkpoint(dir: &Path, size: &DemoSize, seed: u64) -> Resul
             "size": {"height": size.image_size, "width": size.image_size}
         })),
     )?;
-    let weights = size.initial_weights(vocab, seed);
+    let first_loc = parsed["model"]["vocab"]["<loc0000>"]
+        .as_u64()
+        .ok_or_else(|| Error::Tokenizer("demo tokenizer has no <loc0000>".into()))?
+        as usize;
+    let weights = size.initial_weights(vocab, first_loc, seed);
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = weights
         .into_iter()
         .map(|(name, shape, values)| {
