@@ -102,7 +102,8 @@ def batch_throughput(args, sizes, count):
             proc = subprocess.run([str(args.cli), "generate", "--model", str(args.model), "--batch", str(jobs),
                                    "--batch-size", str(size), "--max-new-tokens", str(args.tokens),
                                    "--ignore-eos", "--json"], check=True, capture_output=True, text=True)
-            # The CLI times the batches themselves, after loading: "N prompts in Xs (Y prompts/s)".
+            # The CLI times the batches themselves, after loading: "N prompts (M images) in Xs
+            # (Y prompts/s, Z images/s)"; one image per line here, so Y = Z.
             rate = [line for line in proc.stderr.splitlines() if "prompts/s" in line][-1]
             rows.append((size, float(rate.rsplit("(", 1)[1].split()[0])))
     return rows

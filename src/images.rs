@@ -130,16 +130,10 @@ pub fn load_frames(dir: impl AsRef<Path>, max: Option<usize>) -> Result<Vec<Dyna
 mod tests {
     use super::*;
 
-    fn folder(names: &[&str]) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "paligemma-frames-{}-{}",
-            std::process::id(),
-            names.len()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    fn folder(names: &[&str]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         for n in names {
-            std::fs::write(dir.join(n), b"").unwrap_or_else(|e| panic!("{e}"));
+            std::fs::write(dir.path().join(n), b"").unwrap_or_else(|e| panic!("{e}"));
         }
         dir
     }
@@ -149,9 +143,10 @@ mod tests {
         let names: Vec<String> = (0..10).map(|i| format!("f{i:02}.PNG")).collect();
         let mut all: Vec<&str> = names.iter().map(String::as_str).collect();
         all.extend(["notes.txt", ".hidden.png"]);
-        let dir = folder(&all);
+        let tmp = folder(&all);
+        let dir = tmp.path();
         let picked = |max| {
-            frame_paths(&dir, max)
+            frame_paths(dir, max)
                 .unwrap_or_else(|e| panic!("{e}"))
                 .iter()
                 .map(|p| {
@@ -166,18 +161,17 @@ mod tests {
         assert_eq!(picked(Some(3)), ["f01.PNG", "f05.PNG", "f08.PNG"]);
         assert_eq!(picked(Some(1)), ["f05.PNG"]);
         assert_eq!(picked(Some(20)).len(), 10);
-        assert!(frame_paths(&dir, Some(0)).is_err());
-        let _ = std::fs::remove_dir_all(&dir);
+        assert!(frame_paths(dir, Some(0)).is_err());
     }
 
     #[test]
     fn an_empty_folder_and_a_bad_frame_are_errors_naming_them() {
-        let dir = folder(&["a.txt"]);
-        let e = frame_paths(&dir, None).map(|_| ()).unwrap_err().to_string();
+        let tmp = folder(&["a.txt"]);
+        let dir = tmp.path();
+        let e = frame_paths(dir, None).map(|_| ()).unwrap_err().to_string();
         assert!(e.contains("no image files"), "{e}");
         std::fs::write(dir.join("b.png"), b"not a png").unwrap_or_else(|e| panic!("{e}"));
-        let e = load_frames(&dir, None).map(|_| ()).unwrap_err().to_string();
+        let e = load_frames(dir, None).map(|_| ()).unwrap_err().to_string();
         assert!(e.contains("b.png"), "{e}");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -211,10 +211,23 @@ impl<B: Backend> Model<B> {
 
     /// Preprocess an image into `[1, 3, size, size]` pixels at the model's resolution.
     pub fn pixel_values(&self, image: &DynamicImage) -> Result<Tensor<B, 4>> {
+        self.pixel_batch(&[image])
+    }
+
+    /// `[images.len(), 3, size, size]` pixels of several images; an error names the
+    /// image (1-based) when there are several.
+    fn pixel_batch(&self, images: &[&DynamicImage]) -> Result<Tensor<B, 4>> {
         let size = self.config.vision.image_size;
-        let px = preprocess_image(image, size)?;
+        let mut pixels = Vec::with_capacity(images.len() * 3 * size * size);
+        for (i, image) in images.iter().enumerate() {
+            let px = preprocess_image(image, size).map_err(|e| match images.len() {
+                1 => e,
+                _ => Error::Image(format!("image {}: {e}", i + 1)),
+            })?;
+            pixels.extend(px);
+        }
         Ok(Tensor::from_data(
-            TensorData::new(px, [1, 3, size, size]),
+            TensorData::new(pixels, [images.len(), 3, size, size]),
             &self.device,
         ))
     }
@@ -248,18 +261,8 @@ impl<B: Backend> Model<B> {
     pub fn encode_images(&self, images: &(impl Images + ?Sized)) -> Result<ImageEmbedding<B>> {
         let images = images.images();
         self.check_image_count(images.len())?;
-        let size = self.config.vision.image_size;
-        let mut pixels = Vec::with_capacity(images.len() * 3 * size * size);
-        for (i, image) in images.iter().enumerate() {
-            let px = preprocess_image(image, size).map_err(|e| match images.len() {
-                1 => e,
-                _ => Error::Image(format!("image {}: {e}", i + 1)),
-            })?;
-            pixels.extend(px);
-        }
         let k = images.len();
-        let pixels = Tensor::from_data(TensorData::new(pixels, [k, 3, size, size]), &self.device);
-        let features = self.image_features(pixels);
+        let features = self.image_features(self.pixel_batch(&images)?);
         let [_, tokens, hidden] = features.dims();
         Ok(ImageEmbedding {
             features: features.reshape([1, k * tokens, hidden]),

@@ -11,6 +11,15 @@ fn model(name: &str) -> Model<Cpu> {
     Model::<Cpu>::from_pretrained(fixtures().join(name), &Default::default()).unwrap()
 }
 
+fn model_with(name: &str, weights: WeightFormat) -> Model<Cpu> {
+    let options = LoadOptions {
+        weights,
+        ..Default::default()
+    };
+    Model::<Cpu>::from_pretrained_with(fixtures().join(name), &Default::default(), &options)
+        .unwrap()
+}
+
 /// Batching with left padding, through burn's kernels and through the f32 host
 /// kernels (several activation rows per product, padded rows included): both exact f32.
 #[test]
@@ -19,16 +28,7 @@ fn batched_greedy_equals_transformers_batch_and_single_prompts() {
         .into_iter()
         .flat_map(|n| [(n, WeightFormat::Backend), (n, WeightFormat::F32)])
     {
-        let options = LoadOptions {
-            weights,
-            ..Default::default()
-        };
-        let model = Model::<Cpu>::from_pretrained_with(
-            fixtures().join(name),
-            &Default::default(),
-            &options,
-        )
-        .unwrap();
+        let model = model_with(name, weights);
         let meta = expected_json(name);
         let name = format!("{name} ({weights} weights)");
 
@@ -75,16 +75,7 @@ fn reduced_host_weights_batch_equals_single_at_every_batch_size() {
         .into_iter()
         .flat_map(|n| [(n, WeightFormat::Int8), (n, WeightFormat::Bf16)])
     {
-        let options = LoadOptions {
-            weights,
-            ..Default::default()
-        };
-        let model = Model::<Cpu>::from_pretrained_with(
-            fixtures().join(name),
-            &Default::default(),
-            &options,
-        )
-        .unwrap();
+        let model = model_with(name, weights);
         let meta = expected_json(name);
         let cases: Vec<(image::DynamicImage, String)> = meta["cases"]
             .as_object()

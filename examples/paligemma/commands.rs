@@ -189,6 +189,7 @@ fn batch<B: Backend>(
     }
     let start = Instant::now();
     let mut failed = 0usize;
+    let mut images = 0usize;
     let mut report = |n: usize, result: Result<(&Job, &Generation), String>| -> Res<()> {
         let line = match result {
             Ok((job, out)) => BatchLineJson::result(n, &job.prompt, &job.files, out),
@@ -207,6 +208,7 @@ fn batch<B: Backend>(
             .map(|&(n, line)| (n, Job::read(line)))
             .collect();
         let valid: Vec<&Job> = jobs.iter().filter_map(|(_, j)| j.as_ref().ok()).collect();
+        images += valid.iter().map(|j| j.images.len()).sum::<usize>();
         let inputs: Vec<(&[image::DynamicImage], &str)> = valid
             .iter()
             .map(|j| (j.images.as_slice(), j.prompt.as_str()))
@@ -237,10 +239,13 @@ fn batch<B: Backend>(
     }
     bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
+    // Scripts read the first number after the last "(" (with one image per line,
+    // prompts/s and the earlier images/s are the same figure).
     eprintln!(
-        "{} prompts in {secs:.2}s ({:.2} prompts/s)",
+        "{} prompts ({images} images) in {secs:.2}s ({:.2} prompts/s, {:.2} images/s)",
         lines.len(),
-        lines.len() as f64 / secs
+        lines.len() as f64 / secs,
+        images as f64 / secs
     );
     match failed {
         0 => Ok(()),
