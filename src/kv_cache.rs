@@ -97,3 +97,76 @@ impl<B: Backend> KvCache<B> {
         (k_all, v_all)
     }
 }
+
+/// Rows of one cache to copy into a new one by [`KvCache::gather`].
+pub(crate) struct CacheRows<'a, B: Backend> {
+    /// The source cache.
+    pub cache: &'a KvCache<B>,
+    /// Its rows to keep, in order.
+    pub rows: &'a [usize],
+    /// How far right (positive) or left (negative) every position moves.
+    pub shift: isize,
+}
+
+impl<B: Backend> KvCache<B> {
+    /// A new cache of `len` filled positions and room for `capacity`, holding the
+    /// chosen rows of each source one after another, every source's positions moved by
+    /// its shift. Positions shifted out on the left are dropped; new positions on the
+    /// left are zeros (callers mark them as padding).
+    pub(crate) fn gather(sources: &[CacheRows<'_, B>], len: usize, capacity: usize) -> Self {
+        let batch: usize = sources.iter().map(|s| s.rows.len()).sum();
+        let layers = sources.first().map_or(0, |s| s.cache.layers.len());
+        let layers = (0..layers)
+            .map(|layer| {
+                let gather = |pick: fn(&LayerCache<B>) -> Option<&Tensor<B, 4>>| {
+                    let mut out: Option<Tensor<B, 4>> = None;
+                    let mut row = 0;
+                    for source in sources {
+                        let Some(t) = pick(&source.cache.layers[layer]) else {
+                            continue;
+                        };
+                        let [b, h, _, d] = t.dims();
+                        let dest = out.take().unwrap_or_else(|| {
+                            Tensor::zeros([batch, h, capacity, d], (&t.device(), t.dtype()))
+                        });
+                        let from = source.shift.min(0).unsigned_abs();
+                        let to = source.shift.max(0).unsigned_abs();
+                        let end = source.cache.len;
+                        let r = source.rows.len();
+                        if end <= from || r == 0 {
+                            out = Some(dest);
+                            row += r;
+                            continue;
+                        }
+                        let mut piece = t.clone();
+                        if source.rows.len() != b
+                            || source.rows.iter().enumerate().any(|(i, &j)| i != j)
+                        {
+                            let ids: Vec<i64> = source.rows.iter().map(|&i| i as i64).collect();
+                            let ids = Tensor::<B, 1, burn::tensor::Int>::from_data(
+                                burn::tensor::TensorData::new(ids, [r]),
+                                &t.device(),
+                            );
+                            piece = piece.select(0, ids);
+                        }
+                        let piece = piece.slice([0..r, 0..h, from..end, 0..d]);
+                        let n = end - from;
+                        out =
+                            Some(dest.slice_assign([row..row + r, 0..h, to..to + n, 0..d], piece));
+                        row += r;
+                    }
+                    out
+                };
+                LayerCache {
+                    k: gather(|l| l.k.as_ref()),
+                    v: gather(|l| l.v.as_ref()),
+                }
+            })
+            .collect();
+        KvCache {
+            layers,
+            len,
+            capacity,
+        }
+    }
+}

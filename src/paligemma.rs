@@ -11,6 +11,7 @@ use burn::module::Module;
 use burn::tensor::{FloatDType, Tensor, backend::Backend};
 
 use crate::config::Config;
+pub use crate::decode_state::DecodeState;
 use crate::error::{Error, Result};
 use crate::gemma::Decoder;
 use crate::kv_cache::KvCache;
@@ -29,37 +30,6 @@ pub struct PaliGemma<B: Backend> {
     image_token: u32,
     /// Image tokens per image (patches of the vision tower).
     image_tokens: usize,
-}
-
-/// What a decoding loop carries between [`PaliGemma::prefill`] and
-/// [`PaliGemma::extend`]: the KV cache, each row's layout and its next position.
-#[derive(Debug)]
-pub struct DecodeState<B: Backend> {
-    cache: KvCache<B>,
-    rows: Vec<RowLayout>,
-    next_position: Vec<usize>,
-    device: B::Device,
-}
-
-impl<B: Backend> DecodeState<B> {
-    /// Positions held by the cache so far (padding included).
-    pub fn len(&self) -> usize {
-        self.cache.len()
-    }
-
-    /// Whether nothing has been run yet.
-    pub fn is_empty(&self) -> bool {
-        self.cache.is_empty()
-    }
-
-    /// Rewind to the first `len` positions (e.g. the prompt, to decode again from it).
-    pub fn truncate(&mut self, len: usize) {
-        let back = self.cache.len().saturating_sub(len);
-        self.cache.truncate(len);
-        for p in &mut self.next_position {
-            *p = p.saturating_sub(back);
-        }
-    }
 }
 
 impl<B: Backend> PaliGemma<B> {

@@ -25,6 +25,42 @@ pub fn load_image(path: impl AsRef<Path>) -> Result<DynamicImage> {
         .map_err(|e| Error::Image(format!("cannot decode {}: {e}", path.display())))
 }
 
+/// Open and decode an image file, with warnings about damage the decoder passes over
+/// ([`image_warnings`]).
+pub fn load_image_checked(path: impl AsRef<Path>) -> Result<(DynamicImage, Vec<String>)> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let image = image::ImageReader::new(std::io::Cursor::new(&bytes))
+        .with_guessed_format()
+        .map_err(|e| Error::io(path, e))?
+        .decode()
+        .map_err(|e| Error::Image(format!("cannot decode {}: {e}", path.display())))?;
+    let warnings = image_warnings(&bytes)
+        .into_iter()
+        .map(|w| format!("{}: {w}", path.display()))
+        .collect();
+    Ok((image, warnings))
+}
+
+/// Signs that image bytes are damaged although they decode. A JPEG that ends without
+/// its end-of-image marker was cut short: the decoder fills the missing rows with grey
+/// instead of failing. (Files with data appended after the marker are warned about
+/// too.)
+pub fn image_warnings(bytes: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+        if !bytes[..end].ends_with(&[0xFF, 0xD9]) {
+            out.push(
+                "the JPEG data ends without an end-of-image marker: the file looks truncated, \
+                 and the missing part of the picture is grey"
+                    .to_string(),
+            );
+        }
+    }
+    out
+}
+
 /// Preprocess an image into `[3, size, size]` channel-first normalised pixels.
 pub fn preprocess_image(image: &DynamicImage, size: usize) -> Result<Vec<f32>> {
     let (w, h) = (image.width() as usize, image.height() as usize);
@@ -89,5 +125,32 @@ mod tests {
         assert!((px[0] - expect(200.0)).abs() < 1e-6);
         assert!((px[25] - expect(10.0)).abs() < 1e-6);
         assert!((px[74] - expect(0.0)).abs() < 1e-6);
+    }
+
+    /// A truncated JPEG decodes (grey where data is missing) but is warned about; the
+    /// whole file is not.
+    #[test]
+    fn truncated_jpegs_are_warned_about() {
+        let img = DynamicImage::ImageRgb8(image::RgbImage::from_fn(64, 48, |x, y| {
+            image::Rgb([(x * 4) as u8, (y * 5) as u8, ((x + y) * 2) as u8])
+        }));
+        let mut jpeg = Vec::new();
+        img.write_to(
+            &mut std::io::Cursor::new(&mut jpeg),
+            image::ImageFormat::Jpeg,
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let whole = dir.path().join("whole.jpg");
+        std::fs::write(&whole, &jpeg).unwrap();
+        let (_, warnings) = load_image_checked(&whole).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let cut = dir.path().join("cut.jpg");
+        std::fs::write(&cut, &jpeg[..jpeg.len() * 2 / 3]).unwrap();
+        let (decoded, warnings) = load_image_checked(&cut).unwrap();
+        assert_eq!((decoded.width(), decoded.height()), (64, 48));
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("cut.jpg") && warnings[0].contains("truncated"));
+        assert!(image_warnings(&[0x89, b'P', b'N', b'G']).is_empty());
     }
 }

@@ -154,3 +154,68 @@ fn batch_lines_fail_alone_and_carry_their_line_numbers() {
         assert_eq!(r["generated_ids"], alone["generated_ids"]);
     }
 }
+
+/// A truncated JPEG still runs, with a warning on stderr naming the file.
+#[test]
+fn truncated_jpeg_is_warned_about() {
+    let img = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(160, 120, |x, y| {
+        image::Rgb([(x * 3) as u8, (y * 5) as u8, ((x * y) % 251) as u8])
+    }));
+    let mut jpeg = Vec::new();
+    img.write_to(
+        &mut std::io::Cursor::new(&mut jpeg),
+        image::ImageFormat::Jpeg,
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cut = dir.path().join("cut.jpg");
+    std::fs::write(&cut, &jpeg[..jpeg.len() * 3 / 4]).unwrap();
+    let cut = cut.display().to_string();
+    let Some(out) = run(&["caption", "--model", &model(), "--image", &cut]) else {
+        return;
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning:") && stderr.contains("cut.jpg") && stderr.contains("truncated"),
+        "{stderr}"
+    );
+}
+
+/// An `--out` path that cannot be written fails before any work: even with a model
+/// directory that does not exist, the error is about the output.
+#[test]
+fn unwritable_out_fails_before_loading() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing_model = dir.path().join("no-model").display().to_string();
+    let photo = image("photo.png");
+    for (out, why) in [
+        (
+            dir.path().join("missing/dir/boxes.png"),
+            "is not a directory",
+        ),
+        (dir.path().join("boxes.unknown-extension"), "cannot write"),
+    ] {
+        let out = out.display().to_string();
+        let Some(run) = run(&[
+            "detect",
+            "--model",
+            &missing_model,
+            "--image",
+            &photo,
+            "--object",
+            "cat",
+            "--out",
+            &out,
+        ]) else {
+            return;
+        };
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(!run.status.success());
+        assert!(stderr.contains(why) && stderr.contains(&out), "{stderr}");
+        assert!(
+            !stderr.contains("no-model"),
+            "the model was not touched: {stderr}"
+        );
+    }
+}

@@ -276,3 +276,48 @@ fn one_model_serves_several_threads_deterministically() {
         assert_eq!(r, alone);
     }
 }
+
+/// Rows that finish early leave the batch once they are half of it (the demo model
+/// stops at different lengths: counts after 2 tokens, captions after about 8); every
+/// row still equals its single run, in every weight format.
+#[test]
+fn rows_leaving_the_batch_equal_single_runs() {
+    let scene = paligemma::demo::Scene::generate(5);
+    let image = image::DynamicImage::ImageRgb8(scene.render());
+    let prompts = [
+        "answer en how many shapes are there?",
+        "caption en",
+        "answer en how many shapes are there?",
+        "detect circle ; square ; triangle",
+        "answer en what color is the circle?",
+    ];
+    for weights in [WeightFormat::Backend, WeightFormat::Int8] {
+        let options = LoadOptions {
+            weights,
+            ..Default::default()
+        };
+        let model = Model::<Cpu>::demo_with(&Default::default(), &options).unwrap();
+        let generate = GenerateOptions::default().max_new_tokens(40);
+        let rows: Vec<(&image::DynamicImage, &str)> =
+            prompts.iter().map(|p| (&image, *p)).collect();
+        let batch = model.generate_batch(&rows, &generate).unwrap();
+        let lengths: Vec<usize> = batch.iter().map(|g| g.generated_ids.len()).collect();
+        assert!(
+            lengths
+                .iter()
+                .filter(|&&n| n < lengths.iter().copied().max().unwrap())
+                .count()
+                * 2
+                >= lengths.len(),
+            "at least half the rows finish early: {lengths:?}"
+        );
+        for (out, prompt) in batch.iter().zip(prompts) {
+            let single = model.generate(&image, prompt, &generate).unwrap();
+            assert_eq!(
+                out.generated_ids, single.generated_ids,
+                "{weights}: {prompt}"
+            );
+            assert_eq!(out.text, single.text);
+        }
+    }
+}

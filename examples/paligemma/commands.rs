@@ -122,6 +122,15 @@ pub fn open_model<B: Backend>(
     Ok(model)
 }
 
+/// An image file; what `load_image_checked` warns about goes to stderr.
+fn load_image(path: impl AsRef<std::path::Path>) -> paligemma::Result<image::DynamicImage> {
+    let (image, warnings) = paligemma::load_image_checked(path)?;
+    for warning in warnings {
+        eprintln!("warning: {warning}");
+    }
+    Ok(image)
+}
+
 /// The images of `--image` (repeatable) or `--frames`, then the model.
 fn load<B: Backend>(
     args: &ModelArgs,
@@ -133,7 +142,7 @@ fn load<B: Backend>(
         None => args
             .images
             .iter()
-            .map(paligemma::load_image)
+            .map(load_image)
             .collect::<paligemma::Result<_>>()?,
     };
     let start = Instant::now();
@@ -266,7 +275,7 @@ impl Job {
         let files = line.files()?;
         let images = files
             .iter()
-            .map(paligemma::load_image)
+            .map(load_image)
             .collect::<paligemma::Result<Vec<_>>>()
             .map_err(|e| e.to_string())?;
         Ok(Job {
@@ -386,7 +395,7 @@ fn parse<B: Backend>(args: ParseArgs, device: &B::Device) -> Res<()> {
         check_output(path)?;
     }
     let image = match (&args.image, &args.out) {
-        (Some(image), Some(_)) => Some(paligemma::load_image(image)?),
+        (Some(image), Some(_)) => Some(load_image(image)?),
         _ => None,
     };
     let annotate = |notes: &[crate::draw::Annotation<'_>]| -> Res<()> {

@@ -17,7 +17,10 @@ fuzz_target!(|data: &[u8]| {
     for segments in [false, true] {
         let big_vision = parse_objects_with(&text, width, height, segments, Coordinates::BigVision);
         let demo = parse_objects_with(&text, width, height, segments, Coordinates::Demo);
-        assert!(big_vision.objects.len() * 4 <= loc_tokens, "invented an object");
+        assert!(
+            big_vision.objects.len() * 4 <= loc_tokens,
+            "invented an object"
+        );
         assert_eq!(big_vision.skipped, demo.skipped);
         assert_eq!(big_vision.objects.len(), demo.objects.len());
         for out in [&big_vision, &demo] {

@@ -3,8 +3,10 @@
 //! `sampling`, streaming in `stream`, and the loop itself in `batch`.
 
 mod batch;
+pub mod continuous;
 mod options;
 mod output;
+mod row;
 mod sampling;
 mod stream;
 

@@ -5,6 +5,8 @@ use std::ops::ControlFlow;
 /// Where streamed text goes: `(row, piece)`; `Break` stops that row.
 pub(crate) type TextSink<'a> = &'a mut TextFn<'a>;
 pub(crate) type TextFn<'a> = dyn FnMut(usize, &str) -> ControlFlow<()> + 'a;
+/// Where one row's streamed text goes; `Break` stops the row.
+pub(crate) type PieceFn<'a> = dyn FnMut(&str) -> ControlFlow<()> + 'a;
 
 /// How much of `text` can be shown: not a trailing replacement character (a UTF-8
 /// sequence split across byte tokens) and not a suffix that may grow into a stop string.
