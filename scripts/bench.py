@@ -186,11 +186,22 @@ def main():
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--gpu", action="store_true", help="time cuda and wgpu against transformers on cuda")
     ap.add_argument("--timeout", type=float, default=240, help="seconds per run in --gpu mode")
+    ap.add_argument("--isa", choices=["portable", "avx2", "avx512", "avx512bf16"],
+                    help="cap both sides to one instruction set: PALIGEMMA_KERNELS for ours, "
+                         "ATEN_CPU_CAPABILITY and ONEDNN_MAX_CPU_ISA for torch (portable: torch's "
+                         "default build, SSE4.2 at most)")
     ap.add_argument("--hf-device", default="cpu", help=argparse.SUPPRESS)
     ap.add_argument("--warmup", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.hf_worker:
         return hf_worker(args)
+    if args.isa:
+        # Children inherit these: every run of both systems is capped alike.
+        os.environ["PALIGEMMA_KERNELS"] = args.isa
+        aten, onednn = {"portable": ("default", "SSE41"), "avx2": ("avx2", "AVX2"),
+                        "avx512": ("avx512", "AVX512_CORE"), "avx512bf16": ("avx512", "AVX512_CORE_BF16")}[args.isa]
+        os.environ["ATEN_CPU_CAPABILITY"] = aten
+        os.environ["ONEDNN_MAX_CPU_ISA"] = onednn
     if not args.cli.exists():
         sys.exit("build the CLI first: cargo build --release --example paligemma")
     if args.gpu:
@@ -230,15 +241,19 @@ def main():
     table = "\n".join(lines)
     ours_r = results[f"ours ({dtypes[0]})"]
     same = ", ".join(f"ours {d}: {results[f'ours ({d})']['generated_ids'] == base32['generated_ids']}" for d in dtypes)
+    capped = (f" Instruction sets capped to {args.isa}: PALIGEMMA_KERNELS={args.isa}, ATEN_CPU_CAPABILITY="
+              f"{os.environ['ATEN_CPU_CAPABILITY']}, ONEDNN_MAX_CPU_ISA={os.environ['ONEDNN_MAX_CPU_ISA']}."
+              if args.isa else "")
     header = (f"Machine: {cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}, transformers "
-              f"{transformers.__version__}, torch threads = {os.cpu_count()}.\n"
+              f"{transformers.__version__}, torch threads = {os.cpu_count()}.{capped}\n"
               f"Checkpoint `{args.model.name}`, prompt {args.prompt!r} ({ours_r['prompt_tokens']} prompt tokens), "
               f"{args.tokens} new tokens, image `{args.image.name}`. "
               f"Greedy tokens identical to transformers f32: {same}.\n")
     print(header)
     print(table)
     if args.write:
-        write_block(args.write, f"<!-- bench:{args.model.name} -->", f"{header}\n{table}\n")
+        tag = f"{args.model.name}:{args.isa}" if args.isa else args.model.name
+        write_block(args.write, f"<!-- bench:{tag} -->", f"{header}\n{table}\n")
 
 
 def against(args):

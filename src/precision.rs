@@ -110,28 +110,30 @@ pub enum WeightFormat {
     /// Symmetric per-row int8 in host memory (a quarter of f32), multiplied by this
     /// crate's CPU kernels. CPU backends, f32 compute.
     Int8,
+    /// Grouped int4 in host memory: 32 values per f32 scale, the scale the group's
+    /// largest-magnitude value over -8 (as Q4_0 does), 4.5 bits per weight. The fastest
+    /// decode and the smallest model; the largest drift from the checkpoint (see
+    /// docs/precision.md). CPU backends, f32 compute.
+    Int4,
 }
 
 impl WeightFormat {
-    /// The name used by the CLI: `backend`, `f32`, `bf16` or `int8`.
+    /// The name used by the CLI: `backend`, `f32`, `bf16`, `int8` or `int4`.
     pub fn name(self) -> &'static str {
         match self {
             WeightFormat::Backend => "backend",
             WeightFormat::F32 => "f32",
             WeightFormat::Bf16 => "bf16",
             WeightFormat::Int8 => "int8",
+            WeightFormat::Int4 => "int4",
         }
     }
 
-    /// Whether this CPU runs the format's host kernels with SIMD (AVX-512 for f32,
-    /// AVX-512 BF16 for bf16 and int8). Without it they fall back to portable code that
-    /// is much slower than the backend's own kernels. Always true for `Backend`.
+    /// Whether this CPU runs the format's host kernels with SIMD (AVX2 + FMA or
+    /// AVX-512, at the level `PALIGEMMA_KERNELS` allows). Without it they fall back to
+    /// portable code. Always true for `Backend`.
     pub fn accelerated(self) -> bool {
-        match self {
-            WeightFormat::Backend => true,
-            WeightFormat::F32 => crate::cpu::simd_level() >= 1,
-            WeightFormat::Bf16 | WeightFormat::Int8 => crate::cpu::simd_level() >= 2,
-        }
+        self == WeightFormat::Backend || crate::cpu::Isa::detect() > crate::cpu::Isa::Portable
     }
 
     /// Whether the matrices live in host memory rather than backend tensors.
@@ -145,6 +147,7 @@ impl WeightFormat {
         if !self.is_host() {
             return Ok(());
         }
+        crate::cpu::kernel_level()?;
         if !crate::backend::is_cpu::<B>() {
             return Err(Error::Unsupported(format!(
                 "{} weights are multiplied on the CPU, but the backend is {}; use a CPU \
@@ -178,10 +181,11 @@ impl FromStr for WeightFormat {
             "f32" | "float32" => Ok(WeightFormat::F32),
             "bf16" | "bfloat16" => Ok(WeightFormat::Bf16),
             "int8" | "i8" | "q8" => Ok(WeightFormat::Int8),
+            "int4" | "i4" | "q4" => Ok(WeightFormat::Int4),
             _ => Err(Error::UnknownName {
                 kind: "weight format",
                 name: s.to_string(),
-                expected: "backend, f32, bf16 or int8",
+                expected: "backend, f32, bf16, int8 or int4",
             }),
         }
     }
@@ -203,12 +207,26 @@ mod tests {
     #[test]
     fn weight_formats_parse_and_report_acceleration() {
         assert_eq!("int8".parse::<WeightFormat>().unwrap(), WeightFormat::Int8);
+        assert_eq!("q4".parse::<WeightFormat>().unwrap(), WeightFormat::Int4);
         assert_eq!("F32".parse::<WeightFormat>().unwrap(), WeightFormat::F32);
         assert_eq!(WeightFormat::Bf16.to_string(), "bf16");
-        let err = "int4".parse::<WeightFormat>().unwrap_err().to_string();
-        assert!(err.contains("int4") && err.contains("backend"), "{err}");
+        let err = "int3".parse::<WeightFormat>().unwrap_err().to_string();
+        assert!(err.contains("int3") && err.contains("int4"), "{err}");
         assert!(WeightFormat::Backend.accelerated());
-        // bf16 and int8 need more of the CPU than f32.
-        assert!(!WeightFormat::Bf16.accelerated() || WeightFormat::F32.accelerated());
+        // Every host format runs at the same kernel level.
+        let host = [
+            WeightFormat::F32,
+            WeightFormat::Bf16,
+            WeightFormat::Int8,
+            WeightFormat::Int4,
+        ];
+        assert!(
+            host.iter()
+                .all(|w| w.accelerated() == host[0].accelerated())
+        );
+        assert_eq!(
+            host[0].accelerated(),
+            crate::cpu::Isa::detect() > crate::cpu::Isa::Portable
+        );
     }
 }

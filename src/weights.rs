@@ -370,24 +370,26 @@ impl WeightStore {
             return Ok(m);
         }
         let matrix = match self.format {
-            WeightFormat::Int8 => {
-                // Rows are released as they are quantized, so peak memory is the int8
-                // weights plus one block of source rows, not plus a whole bf16 table.
+            WeightFormat::Int8 | WeightFormat::Int4 => {
+                // Rows are released as they are quantized, so peak memory is the
+                // quantized weights plus one block of source rows, not plus a whole
+                // bf16 table.
                 let row_bytes = cols * raw.width()?;
-                HostMatrix::int8_rows(
-                    rows,
-                    cols,
-                    |r, out| {
-                        convert(
-                            raw.dtype,
-                            &raw.bytes[r * row_bytes..(r + 1) * row_bytes],
-                            out,
-                        )
-                    },
-                    |done| {
-                        file.release(start + done.start * row_bytes..start + done.end * row_bytes)
-                    },
-                )
+                let fill = |r: usize, out: &mut [f32]| {
+                    convert(
+                        raw.dtype,
+                        &raw.bytes[r * row_bytes..(r + 1) * row_bytes],
+                        out,
+                    )
+                };
+                let done = |done: std::ops::Range<usize>| {
+                    file.release(start + done.start * row_bytes..start + done.end * row_bytes)
+                };
+                if self.format == WeightFormat::Int8 {
+                    HostMatrix::int8_rows(rows, cols, fill, done)
+                } else {
+                    HostMatrix::int4_rows(rows, cols, fill, done)
+                }
             }
             WeightFormat::F32 => HostMatrix::f32(rows, cols, raw.to_f32()?),
             _ => HostMatrix::bf16(rows, cols, raw.decode(to_bf16)?),

@@ -22,11 +22,20 @@ fn cli() -> Option<PathBuf> {
 }
 
 fn run(args: &[&str]) -> Option<Output> {
+    run_with_env(args, &[])
+}
+
+fn run_with_env(args: &[&str], env: &[(&str, &str)]) -> Option<Output> {
     let Some(cli) = cli() else {
         eprintln!("skipped: the paligemma example is not built beside the tests");
         return None;
     };
-    Some(Command::new(cli).args(args).output().unwrap())
+    let mut command = Command::new(cli);
+    command.args(args).env_remove("PALIGEMMA_KERNELS");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    Some(command.output().unwrap())
 }
 
 fn image(name: &str) -> String {
@@ -218,4 +227,46 @@ fn unwritable_out_fails_before_loading() {
             "the model was not touched: {stderr}"
         );
     }
+}
+
+/// `PALIGEMMA_KERNELS` forces a kernel level for host weights: an unknown level is an
+/// error naming the variable before any work; the portable level gives the greedy
+/// tokens of the detected one; backend weights ignore the variable.
+#[test]
+fn kernel_level_is_forced_or_refused() {
+    let (m, photo) = (model(), image("photo.png"));
+    let args = |weights| {
+        vec![
+            "--weights",
+            weights,
+            "caption",
+            "--model",
+            &m,
+            "--image",
+            &photo,
+            "--json",
+        ]
+    };
+    let Some(bad) = run_with_env(&args("bf16"), &[("PALIGEMMA_KERNELS", "avx9000")]) else {
+        return;
+    };
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success());
+    assert!(
+        stderr.contains("PALIGEMMA_KERNELS") && stderr.contains("portable"),
+        "{stderr}"
+    );
+    let ids = |out: &Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        last_json(out)["generated_ids"].clone()
+    };
+    let detected = ids(&run(&args("f32")).unwrap());
+    let portable = run_with_env(&args("f32"), &[("PALIGEMMA_KERNELS", "portable")]).unwrap();
+    assert_eq!(ids(&portable), detected);
+    let backend = run_with_env(&args("backend"), &[("PALIGEMMA_KERNELS", "avx9000")]).unwrap();
+    assert!(backend.status.success());
 }

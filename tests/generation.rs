@@ -103,8 +103,11 @@ fn reduced_host_weights_batch_equals_single_at_every_batch_size() {
                 let single = &singles[r % cases.len()];
                 let at = format!("{name} ({weights} weights): row {r} of a batch of {size}");
                 assert_eq!(o.generated_ids, single.generated_ids, "{at}");
-                // Not only the argmax: the logits agree up to summation order, far
-                // below one bf16 rounding of the activations.
+                // Not only the argmax: the logits agree up to the order of f32 sums,
+                // within one bf16 rounding (2^-9 relative) at their magnitude. f32
+                // order alone reaches 0.4 of that on these random weights (kernel
+                // levels without `vdpbf16ps`), where the logits cancel large terms;
+                // a product that rounds its activations differently drifts by many.
                 let steps = o
                     .top_logits
                     .iter()
@@ -113,7 +116,8 @@ fn reduced_host_weights_batch_equals_single_at_every_batch_size() {
                 for (step, (a, b)) in steps.enumerate() {
                     for ((ia, va), (ib, vb)) in a.iter().zip(b) {
                         assert_eq!(ia, ib, "{at}, step {step}");
-                        assert!((va - vb).abs() < 1e-3, "{at}, step {step}: {va} vs {vb}");
+                        let tol = va.abs().max(1.0) * 2f32.powi(-9);
+                        assert!((va - vb).abs() < tol, "{at}, step {step}: {va} vs {vb}");
                     }
                 }
             }

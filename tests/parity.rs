@@ -228,6 +228,20 @@ fn int8_host_weights_on_cpu() {
     }
 }
 
+/// Grouped int4 host weights: a step is an eighth of a group's largest weight, far
+/// coarser than int8's; the tolerance is 10x transformers' bf16 drift (measured: 7.4x; see
+/// docs/precision.md), and greedy tokens must agree up to the first near-tie as above.
+#[test]
+fn int4_host_weights_on_cpu() {
+    let options = LoadOptions {
+        weights: WeightFormat::Int4,
+        ..Default::default()
+    };
+    for name in ["pg1-tiny", "pg2-tiny"] {
+        check_reduced::<Cpu>(name, &options, Dtype::Bf16, 10.0, &Default::default());
+    }
+}
+
 /// Host weights compute activations in f32: a half-precision dtype with them is an
 /// error naming both, not a silently different model.
 #[test]

@@ -16,7 +16,7 @@ pub struct Cli {
     /// Compute dtype: f32, f16 (cpu, wgpu, cuda) or bf16 (cpu, cuda).
     #[arg(long, global = true, value_enum, ignore_case = true, default_value_t = DtypeArg::F32)]
     pub dtype: DtypeArg,
-    /// Weight matrices: backend (tensors in --dtype), or f32 / bf16 / int8 in host
+    /// Weight matrices: backend (tensors in --dtype), or f32 / bf16 / int8 / int4 in host
     /// memory multiplied by the crate's CPU kernels (CPU backends, --dtype f32).
     #[arg(long, global = true, value_enum, ignore_case = true, default_value_t = WeightsArg::Backend)]
     pub weights: WeightsArg,
@@ -100,6 +100,9 @@ pub enum WeightsArg {
     /// Per-row int8 in host memory.
     #[value(alias = "i8", alias = "q8")]
     Int8,
+    /// Grouped int4 (32 values per scale) in host memory.
+    #[value(alias = "i4", alias = "q4")]
+    Int4,
 }
 
 impl From<WeightsArg> for WeightFormat {
@@ -109,6 +112,7 @@ impl From<WeightsArg> for WeightFormat {
             WeightsArg::F32 => WeightFormat::F32,
             WeightsArg::Bf16 => WeightFormat::Bf16,
             WeightsArg::Int8 => WeightFormat::Int8,
+            WeightsArg::Int4 => WeightFormat::Int4,
         }
     }
 }

@@ -65,8 +65,8 @@ fn dispatch(mut cli: Cli) -> Res<()> {
     let weights = WeightFormat::from(cli.weights);
     if !weights.accelerated() {
         eprintln!(
-            "warning: this CPU lacks the AVX-512 instructions of the {weights} weight kernels; \
-             their portable fallback is much slower than --weights backend"
+            "warning: the {weights} weight kernels run portable code here (this CPU lacks \
+             AVX2 and FMA, or PALIGEMMA_KERNELS=portable); --weights backend may be faster"
         );
     }
     if let Some(args) = cli.command.model_args() {

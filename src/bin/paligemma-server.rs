@@ -29,7 +29,7 @@ struct Args {
     /// Compute dtype: f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     dtype: Dtype,
-    /// Weight matrices: backend, f32, bf16 or int8 (host weights on CPU backends).
+    /// Weight matrices: backend, f32, bf16, int8 or int4 (host weights on CPU backends).
     #[arg(long, default_value = "backend")]
     weights: WeightFormat,
     /// The model name clients send; defaults to the checkpoint directory's name.

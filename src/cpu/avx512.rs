@@ -1,4 +1,5 @@
-//! AVX-512 kernels (x86_64; callers check the features with `Isa::detect`).
+//! The AVX-512 BF16 kernels (`vdpbf16ps` and bf16 conversions), which have no
+//! counterpart at the other levels; the shared shapes are in `kernels`.
 
 use std::arch::x86_64::*;
 
@@ -169,95 +170,6 @@ unsafe fn store_tile<const NV: usize>(
     }
 }
 
-/// The f32 counterpart of `outer_bf16`: columns `c0..c0 + nc` of `nr` ≤ 6 weight
-/// rows against activation groups `g0..g0 + nv` of an operand packed `[m/16][k][16]`,
-/// one broadcast weight and four FMAs of 16 rows per column and weight row.
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx512f")]
-pub(super) unsafe fn outer_f32(
-    a: &[f32],
-    k: usize,
-    g0: usize,
-    nv: usize,
-    c0: usize,
-    nc: usize,
-    w: &[f32],
-    ldw: usize,
-    nr: usize,
-    out: &mut [f32],
-    m: usize,
-    i0: usize,
-    accumulate: bool,
-) {
-    assert!((1..=4).contains(&nv) && (1..=6).contains(&nr) && c0 + nc <= k);
-    assert!(a.len() >= (g0 + nv) * k * 16);
-    assert!(w.len() >= (nr - 1) * ldw + nc);
-    assert!(i0 < m && out.len() >= (nr - 1) * m + m);
-    let valid = m - i0;
-    // SAFETY: the asserts bound every read of `a`, `w` and every write of `out`;
-    // missing weight rows repeat row 0 and their sums are discarded.
-    unsafe {
-        let a = a.as_ptr().add((g0 * k + c0) * 16);
-        let gstride = k * 16;
-        let out = &mut out[i0..];
-        let wp: [*const f32; 6] =
-            std::array::from_fn(|r| w.as_ptr().add(if r < nr { r * ldw } else { 0 }));
-        macro_rules! run {
-            ($nv:literal) => {{
-                let mut acc = [[_mm512_setzero_ps(); $nv]; 6];
-                for c in 0..nc {
-                    let av: [__m512; $nv] =
-                        std::array::from_fn(|v| _mm512_loadu_ps(a.add(v * gstride + c * 16)));
-                    for r in 0..6 {
-                        let b = _mm512_set1_ps(*wp[r].add(c));
-                        for v in 0..$nv {
-                            acc[r][v] = _mm512_fmadd_ps(av[v], b, acc[r][v]);
-                        }
-                    }
-                }
-                store_tile(&acc, nr, out, m, valid, accumulate);
-            }};
-        }
-        match nv {
-            1 => run!(1),
-            2 => run!(2),
-            3 => run!(3),
-            _ => run!(4),
-        }
-    }
-}
-
-/// `dots[j] = Σ w[j][c] * x[c]` for `rows` ≤ 4 f32 rows of `k` values (missing rows
-/// repeat row 0 and are discarded); each load of `x` serves four rows.
-#[target_feature(enable = "avx512f")]
-pub(super) unsafe fn dot4_f32(w: &[f32], k: usize, rows: usize, x: &[f32], dots: &mut [f32; 4]) {
-    assert!((1..=4).contains(&rows) && w.len() >= rows * k && x.len() >= k);
-    // SAFETY: row starts are inside `w` (asserted), masked loads touch only lanes
-    // below `k`.
-    unsafe {
-        let wp: [*const f32; 4] =
-            std::array::from_fn(|j| w.as_ptr().add(if j < rows { j * k } else { 0 }));
-        let mut acc = [_mm512_setzero_ps(); 4];
-        let mut c = 0;
-        while c < k {
-            let mask = if k - c >= 16 {
-                u16::MAX
-            } else {
-                (1u16 << (k - c)) - 1
-            };
-            let xv = _mm512_maskz_loadu_ps(mask, x.as_ptr().add(c));
-            for j in 0..4 {
-                let wv = _mm512_maskz_loadu_ps(mask, wp[j].add(c));
-                acc[j] = _mm512_fmadd_ps(wv, xv, acc[j]);
-            }
-            c += 16;
-        }
-        for j in 0..4 {
-            dots[j] = _mm512_reduce_add_ps(acc[j]);
-        }
-    }
-}
-
 #[inline(always)]
 unsafe fn load_full(p: *const u16) -> __m512bh {
     // SAFETY: the caller guarantees 32 readable values at `p`.
@@ -339,62 +251,6 @@ unsafe fn tile<const MR: usize>(
             for j in 0..4 {
                 acc_out[i][j] = _mm512_reduce_add_ps(acc[i][j]);
             }
-        }
-    }
-}
-
-/// `dots[j] = Σ w[j][c] * x[c]` for `rows` ≤ 4 int8 rows of `k` values (missing
-/// rows repeat row 0 and are discarded), widened to f32 16 at a time; each load of
-/// `x` serves four rows.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-pub(super) unsafe fn dot4_i8_f32(w: &[i8], k: usize, rows: usize, x: &[f32], dots: &mut [f32; 4]) {
-    assert!((1..=4).contains(&rows) && w.len() >= rows * k && x.len() >= k);
-    // SAFETY: row starts are inside `w` (asserted), masked loads touch only lanes
-    // below `k`.
-    unsafe {
-        let wp: [*const i8; 4] =
-            std::array::from_fn(|j| w.as_ptr().add(if j < rows { j * k } else { 0 }));
-        // Two independent accumulators per row: the widening conversions leave
-        // the FMA chains as the latency bound otherwise.
-        let mut acc = [_mm512_setzero_ps(); 4];
-        let mut acc2 = [_mm512_setzero_ps(); 4];
-        let mut c = 0;
-        while c + 32 <= k {
-            let xv = _mm512_loadu_ps(x.as_ptr().add(c));
-            let xv2 = _mm512_loadu_ps(x.as_ptr().add(c + 16));
-            for j in 0..4 {
-                let q = _mm_loadu_si128(wp[j].add(c).cast());
-                let q2 = _mm_loadu_si128(wp[j].add(c + 16).cast());
-                let wf = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q));
-                let wf2 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q2));
-                acc[j] = _mm512_fmadd_ps(wf, xv, acc[j]);
-                acc2[j] = _mm512_fmadd_ps(wf2, xv2, acc2[j]);
-            }
-            c += 32;
-        }
-        for j in 0..4 {
-            acc[j] = _mm512_add_ps(acc[j], acc2[j]);
-        }
-        while c + 16 <= k {
-            let xv = _mm512_loadu_ps(x.as_ptr().add(c));
-            for j in 0..4 {
-                let q = _mm_loadu_si128(wp[j].add(c).cast());
-                let wf = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q));
-                acc[j] = _mm512_fmadd_ps(wf, xv, acc[j]);
-            }
-            c += 16;
-        }
-        if c < k {
-            let mask = (1u16 << (k - c)) - 1;
-            let xv = _mm512_maskz_loadu_ps(mask, x.as_ptr().add(c));
-            for j in 0..4 {
-                let q = _mm_maskz_loadu_epi8(mask, wp[j].add(c).cast());
-                let wf = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q));
-                acc[j] = _mm512_fmadd_ps(wf, xv, acc[j]);
-            }
-        }
-        for j in 0..4 {
-            dots[j] = _mm512_reduce_add_ps(acc[j]);
         }
     }
 }

@@ -2,6 +2,8 @@
 
 use rayon::prelude::*;
 
+use super::isa::Isa;
+
 /// `g[i] = gelu_tanh(g[i]) * u[i]` (or `gelu_tanh(g[i])` without `u`), on all cores.
 ///
 /// GELU's tanh form is evaluated as `x * sigmoid(2z)` (the same function, without the
@@ -9,13 +11,15 @@ use rayon::prelude::*;
 /// scalar `tanhf` had been a sixth of the prefill.
 pub(crate) fn gelu_tanh_mul(g: &mut [f32], u: Option<&[f32]>) {
     const CHUNK: usize = 1 << 14;
-    let run = |g: &mut [f32], u: Option<&[f32]>| {
+    let isa = Isa::detect();
+    let run = |g: &mut [f32], u: Option<&[f32]>| match isa {
+        // SAFETY: a level is only chosen when the CPU has its features.
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked above).
-            return unsafe { gelu_avx512(g, u) };
-        }
-        gelu_body(g, u)
+        Isa::Avx512 | Isa::Avx512Bf16 => unsafe { gelu_avx512(g, u) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { gelu_avx2(g, u) },
+        Isa::Portable => gelu_body(g, u),
     };
     match u {
         Some(u) => g
@@ -29,6 +33,12 @@ pub(crate) fn gelu_tanh_mul(g: &mut [f32], u: Option<&[f32]>) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn gelu_avx512(g: &mut [f32], u: Option<&[f32]>) {
+    gelu_body(g, u)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gelu_avx2(g: &mut [f32], u: Option<&[f32]>) {
     gelu_body(g, u)
 }
 

@@ -5,13 +5,15 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::dpbf16::{Operand, bf16_block, int8_block};
 use super::isa::Isa;
 use super::memory::{FileBytes, from_bf16, prefer_huge_pages};
 use super::products::{
-    Operand, STREAM_ROWS, bf16_block, bf16_values, f32_product, int8_block, int8_stream,
-    row_blocks, transpose,
+    STREAM_ROWS, WeightRows, bf16_values, pack_rows, packed_product, row_blocks, stream_int4,
+    stream_product, transpose,
 };
-use super::quantize::quantize_row;
+use super::quantize::{INT4_GROUP, dequantize_i4, quantize_row, quantize_row_i4};
 
 /// Plain values (bf16 bits or f32), owned or borrowed from a checkpoint's bytes (a
 /// memory map or embedded weights: zero-copy load).
@@ -62,9 +64,16 @@ enum Storage {
         q: Vec<i8>,
         scale: Vec<f32>,
     },
+    /// Grouped int4, `groups` groups of `INT4_GROUP` values per row, each with its
+    /// scale (layout in `quantize::quantize_row_i4`).
+    Int4 {
+        q: Vec<u8>,
+        scale: Vec<f32>,
+        groups: usize,
+    },
 }
 
-/// A `[rows, cols]` matrix in bf16 or int8 in host memory.
+/// A `[rows, cols]` matrix in f32, bf16, int8 or grouped int4 in host memory.
 pub(crate) struct HostMatrix {
     rows: usize,
     cols: usize,
@@ -140,29 +149,11 @@ impl HostMatrix {
         rows: usize,
         cols: usize,
         fill: impl Fn(usize, &mut [f32]) + Sync,
-        mut done: impl FnMut(std::ops::Range<usize>),
+        done: impl FnMut(std::ops::Range<usize>),
     ) -> Self {
-        const BLOCK: usize = 1024;
-        let mut q = vec![0i8; rows * cols];
-        prefer_huge_pages(&mut q);
-        let mut scale = vec![1f32; rows];
-        let blocks = q
-            .chunks_mut(BLOCK * cols.max(1))
-            .zip(scale.chunks_mut(BLOCK));
-        for (b, (q, scale)) in blocks.enumerate() {
-            let r0 = b * BLOCK;
-            q.par_chunks_mut(cols.max(1))
-                .zip(scale.par_iter_mut())
-                .enumerate()
-                .for_each_init(
-                    || vec![0f32; cols],
-                    |w, (r, (q, s))| {
-                        fill(r0 + r, w);
-                        *s = quantize_row(w, q);
-                    },
-                );
-            done(r0..r0 + scale.len());
-        }
+        let (q, scale) = quantize_rows(rows, cols, cols, 1, fill, done, |w, q, s| {
+            s[0] = quantize_row(w, q)
+        });
         HostMatrix {
             rows,
             cols,
@@ -170,10 +161,45 @@ impl HostMatrix {
         }
     }
 
+    /// [`HostMatrix::int8_rows`] for grouped int4 (`INT4_GROUP` values per scale).
+    pub fn int4_rows(
+        rows: usize,
+        cols: usize,
+        fill: impl Fn(usize, &mut [f32]) + Sync,
+        done: impl FnMut(std::ops::Range<usize>),
+    ) -> Self {
+        let groups = cols.div_ceil(INT4_GROUP);
+        let (q, scale) = quantize_rows(
+            rows,
+            cols,
+            groups * INT4_GROUP / 2,
+            groups,
+            fill,
+            done,
+            quantize_row_i4,
+        );
+        HostMatrix {
+            rows,
+            cols,
+            storage: Storage::Int4 { q, scale, groups },
+        }
+    }
+
     /// [`HostMatrix::int8_rows`] from row-major f32 values.
     #[cfg(test)]
     pub fn int8(rows: usize, cols: usize, values: &[f32]) -> Self {
         Self::int8_rows(
+            rows,
+            cols,
+            |r, out| out.copy_from_slice(&values[r * cols..(r + 1) * cols]),
+            |_| {},
+        )
+    }
+
+    /// [`HostMatrix::int4_rows`] from row-major f32 values.
+    #[cfg(test)]
+    pub fn int4(rows: usize, cols: usize, values: &[f32]) -> Self {
+        Self::int4_rows(
             rows,
             cols,
             |r, out| out.copy_from_slice(&values[r * cols..(r + 1) * cols]),
@@ -196,6 +222,7 @@ impl HostMatrix {
             Storage::F32(_) => "f32",
             Storage::Bf16(_) => "bf16",
             Storage::Int8 { .. } => "int8",
+            Storage::Int4 { .. } => "int4",
         }
     }
 
@@ -214,6 +241,12 @@ impl HostMatrix {
                     *o = f32::from(v) * scale[r];
                 }
             }
+            Storage::Int4 { q, scale, groups } => {
+                let (q, scale) = int4_row(q, scale, *groups, r);
+                let mut row = Vec::with_capacity(self.cols);
+                dequantize_i4(q, scale, 0, self.cols, &mut row);
+                out.copy_from_slice(&row);
+            }
         }
     }
 
@@ -228,33 +261,7 @@ impl HostMatrix {
         // Computed as `[n, m]` so parallel tasks own disjoint output rows.
         let mut out_t = vec![0f32; n * m];
         if m > 0 && n > 0 {
-            match &self.storage {
-                Storage::F32(w) => f32_product(isa, x, m, w.as_slice(), k, &mut out_t),
-                Storage::Int8 { q, scale } if m <= STREAM_ROWS => {
-                    // Rounded as the longer products round them, so a row's result does
-                    // not depend on how many rows share the product (batch == single).
-                    let x = bf16_values(isa, x);
-                    row_blocks(&mut out_t, m, |r0, rows, _, out| {
-                        let q = &q[r0 * k..(r0 + rows) * k];
-                        int8_stream(isa, &x, m, q, &scale[r0..r0 + rows], k, out);
-                    });
-                }
-                Storage::Int8 { q, scale } => {
-                    let a = Operand::new(isa, x, m, k);
-                    row_blocks(&mut out_t, m, |r0, rows, scratch, out| {
-                        int8_block(isa, &a, m, &q[r0 * k..(r0 + rows) * k], k, scratch, out);
-                        for (o, s) in out.chunks_mut(m).zip(&scale[r0..r0 + rows]) {
-                            o.iter_mut().for_each(|v| *v *= s);
-                        }
-                    });
-                }
-                Storage::Bf16(h) => {
-                    let a = Operand::new(isa, x, m, k);
-                    row_blocks(&mut out_t, m, |r0, rows, _, out| {
-                        bf16_block(&a, m, &h.as_slice()[r0 * k..(r0 + rows) * k], k, out);
-                    });
-                }
-            }
+            self.product(x, m, isa, &mut out_t);
         }
         let mut out = if m == 1 {
             out_t
@@ -268,6 +275,133 @@ impl HostMatrix {
         }
         out
     }
+}
+
+impl HostMatrix {
+    /// `out_t = W · xᵀ` (`[rows, m]`) by the kernels of `isa` for this format and row
+    /// count. bf16 and int8 products see the activations rounded to bf16 at every row
+    /// count, so a row's result does not depend on how many rows share the product.
+    fn product(&self, x: &[f32], m: usize, isa: Isa, out_t: &mut [f32]) {
+        let k = self.cols;
+        let stream = m <= STREAM_ROWS;
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx512Bf16 {
+            match &self.storage {
+                Storage::Bf16(h) => {
+                    let a = Operand::new(x, m, k);
+                    let h = h.as_slice();
+                    row_blocks::<u16>(out_t, m, |r0, rows, _, out| {
+                        bf16_block(&a, m, &h[r0 * k..(r0 + rows) * k], k, out);
+                    });
+                    return;
+                }
+                Storage::Int8 { q, scale } if !stream => {
+                    let a = Operand::new(x, m, k);
+                    row_blocks(out_t, m, |r0, rows, scratch, out| {
+                        int8_block(&a, m, &q[r0 * k..(r0 + rows) * k], k, scratch, out);
+                    });
+                    scale_rows(out_t, m, scale);
+                    return;
+                }
+                _ => {}
+            }
+        }
+        match &self.storage {
+            Storage::F32(w) if stream => stream_product(isa, x, m, w.as_slice(), k, out_t),
+            Storage::F32(w) => {
+                let a = pack_rows(x, m, k, isa.lanes());
+                packed_product(isa, &a, m, k, WeightRows::F32(w.as_slice()), out_t);
+            }
+            Storage::Bf16(h) if stream => {
+                stream_product(isa, &bf16_values(isa, x), m, h.as_slice(), k, out_t)
+            }
+            Storage::Bf16(h) => {
+                let a = pack_rows(&bf16_values(isa, x), m, k, isa.lanes());
+                packed_product(isa, &a, m, k, WeightRows::Bf16(h.as_slice()), out_t);
+            }
+            Storage::Int8 { q, scale } => {
+                let x = bf16_values(isa, x);
+                if stream {
+                    stream_product(isa, &x, m, q, k, out_t);
+                } else {
+                    let a = pack_rows(&x, m, k, isa.lanes());
+                    packed_product(isa, &a, m, k, WeightRows::Int8(q), out_t);
+                }
+                scale_rows(out_t, m, scale);
+            }
+            Storage::Int4 { q, scale, groups } => {
+                let x = bf16_values(isa, x);
+                if stream {
+                    stream_int4(isa, &x, m, q, scale, *groups, k, out_t);
+                } else {
+                    let a = pack_rows(&x, m, k, isa.lanes());
+                    let w = WeightRows::Int4 {
+                        q,
+                        scale,
+                        groups: *groups,
+                    };
+                    packed_product(isa, &a, m, k, w, out_t);
+                }
+            }
+        }
+    }
+}
+
+/// Row `r`'s bytes and scales of a grouped int4 matrix.
+fn int4_row<'a>(q: &'a [u8], scale: &'a [f32], groups: usize, r: usize) -> (&'a [u8], &'a [f32]) {
+    let bytes = groups * INT4_GROUP / 2;
+    (
+        &q[r * bytes..(r + 1) * bytes],
+        &scale[r * groups..(r + 1) * groups],
+    )
+}
+
+/// Quantize `rows` rows of `cols` values into `q_len` values and `s_len` scales per
+/// row by `quantize(row, q, scales)`, in blocks of rows, each block's rows in parallel;
+/// `fill(r, buf)` writes row `r` in f32 and `done(rows)` follows each block.
+fn quantize_rows<Q: Copy + Default + Send>(
+    rows: usize,
+    cols: usize,
+    q_len: usize,
+    s_len: usize,
+    fill: impl Fn(usize, &mut [f32]) + Sync,
+    mut done: impl FnMut(std::ops::Range<usize>),
+    quantize: impl Fn(&[f32], &mut [Q], &mut [f32]) + Sync,
+) -> (Vec<Q>, Vec<f32>) {
+    const BLOCK: usize = 1024;
+    let mut q = vec![Q::default(); rows * q_len];
+    prefer_huge_pages(&mut q);
+    let mut scale = vec![1f32; rows * s_len];
+    let blocks = q
+        .chunks_mut(BLOCK * q_len.max(1))
+        .zip(scale.chunks_mut(BLOCK * s_len.max(1)));
+    for (b, (q, scale)) in blocks.enumerate() {
+        let r0 = b * BLOCK;
+        q.par_chunks_mut(q_len.max(1))
+            .zip(scale.par_chunks_mut(s_len.max(1)))
+            .enumerate()
+            .for_each_init(
+                || vec![0f32; cols],
+                |w, (r, (q, s))| {
+                    fill(r0 + r, w);
+                    quantize(w, q, s);
+                },
+            );
+        done(r0..r0 + scale.len() / s_len.max(1));
+    }
+    (q, scale)
+}
+
+/// Row `r` of `out_t` (`m` values each) times `scale[r]`: int8 rows back to weights.
+fn scale_rows(out_t: &mut [f32], m: usize, scale: &[f32]) {
+    out_t
+        .par_chunks_mut(m * 64)
+        .zip(scale.par_chunks(64))
+        .for_each(|(out, scale)| {
+            for (o, s) in out.chunks_mut(m).zip(scale) {
+                o.iter_mut().for_each(|v| *v *= s);
+            }
+        });
 }
 
 #[cfg(test)]

@@ -3,8 +3,8 @@
 //!
 //! burn's CPU backends widen bf16 to f32 before a matrix product, have no int8 product,
 //! and multiply f32 with AVX2 kernels. These kernels multiply the stored values
-//! directly, with AVX-512 where the CPU has it and portable code with the same rounding
-//! elsewhere. Activations stay f32 between layers; for bf16 and int8 only the operands
+//! directly, at the best level the CPU has (AVX-512 BF16, AVX-512, AVX2 + FMA, or
+//! portable code with the same rounding of operands). Activations stay f32 between layers; for bf16 and int8 only the operands
 //! of a product are rounded to bf16, as transformers' bfloat16 models round everything.
 //!
 //! All products are `y = x · Wᵀ` with `W` stored `[out, in]` exactly as the checkpoint
@@ -12,22 +12,28 @@
 //!
 //! - `matrix`: `HostMatrix`, its storage, and which product a format and row count get.
 //! - `products`: the blocked, parallel product drivers and the packed activations.
-//! - `isa`: which kernels this CPU can run.
-//! - `portable`, `avx512`: the inner kernels the drivers call.
+//! - `isa`: which kernel level runs (detected, or forced by `PALIGEMMA_KERNELS`) and
+//!   the dispatch to its kernels.
+//! - `simd`, `kernels`: the kernel shapes every level shares, written once over a small
+//!   vector trait (portable, AVX2 + FMA, AVX-512); `avx512`, `dpbf16`: the AVX-512 BF16
+//!   kernels and the bf16 and int8 products built on them.
 //! - `gelu`, `quantize`, `memory`: the MLP activation, int8 quantization at load, and
 //!   bf16 conversion and huge-page helpers.
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod dpbf16;
 mod gelu;
 mod isa;
+mod kernels;
 mod matrix;
 mod memory;
-mod portable;
 mod products;
 mod quantize;
+mod simd;
 
 pub(crate) use gelu::gelu_tanh_mul;
-pub(crate) use isa::simd_level;
+pub(crate) use isa::{Isa, kernel_level};
 pub(crate) use matrix::HostMatrix;
 pub(crate) use memory::{FileBytes, prefer_huge_pages, to_bf16};

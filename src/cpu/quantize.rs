@@ -1,19 +1,30 @@
 //! Symmetric per-row int8 quantization of weight rows at load time.
 
+use super::isa::Isa;
+
 /// Quantize one row to symmetric int8 (nearest, ties to even) and return its scale,
 /// `max |w| / 127` (1 for an all-zero row).
 pub(super) fn quantize_row(w: &[f32], q: &mut [i8]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F (checked above).
-        return unsafe { quantize_row_avx512(w, q) };
+    match Isa::detect() {
+        // SAFETY: a level is only chosen when the CPU has its features.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 | Isa::Avx512Bf16 => unsafe { quantize_row_avx512(w, q) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { quantize_row_avx2(w, q) },
+        Isa::Portable => quantize_row_body(w, q),
     }
-    quantize_row_body(w, q)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn quantize_row_avx512(w: &[f32], q: &mut [i8]) -> f32 {
+    quantize_row_body(w, q)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_row_avx2(w: &[f32], q: &mut [i8]) -> f32 {
     quantize_row_body(w, q)
 }
 
@@ -39,4 +50,60 @@ fn quantize_row_body(w: &[f32], q: &mut [i8]) -> f32 {
         *q = ((w * inv).clamp(-127.0, 127.0) + ROUND - ROUND) as i8;
     }
     scale
+}
+
+/// Values per int4 group: each group of a row has its own scale.
+pub(super) const INT4_GROUP: usize = 32;
+
+/// Quantize one row to grouped int4 (`INT4_GROUP` values per group, nearest, ties to
+/// even), writing `INT4_GROUP / 2` bytes and one scale per group. Each group's scale is
+/// its largest-magnitude value over -8, so that value is exactly -8 steps and the other
+/// side of zero reaches +7 (the Q4_0 convention); value `16 * h + j` of a group sits in
+/// byte `j`'s low (`h = 0`) or high (`h = 1`) nibble, offset by 8. A partial last group
+/// is padded with zeros.
+pub(super) fn quantize_row_i4(w: &[f32], q: &mut [u8], scale: &mut [f32]) {
+    const ROUND: f32 = 12_582_912.0;
+    const HALF: usize = INT4_GROUP / 2;
+    for ((w, q), s) in w
+        .chunks(INT4_GROUP)
+        .zip(q.chunks_exact_mut(HALF))
+        .zip(scale.iter_mut())
+    {
+        let mut group = [0f32; INT4_GROUP];
+        group[..w.len()].copy_from_slice(w);
+        let extreme = group
+            .iter()
+            .fold(0f32, |e, &v| if v.abs() > e.abs() { v } else { e });
+        *s = if extreme != 0.0 && extreme.is_finite() {
+            extreme / -8.0
+        } else {
+            1.0
+        };
+        let inv = 1.0 / *s;
+        // Written so it vectorises: rounding by adding and subtracting 1.5 * 2^23.
+        let nibble = |v: f32| ((v * inv).clamp(-8.0, 7.0) + ROUND - ROUND + 8.0) as u8;
+        for (j, q) in q.iter_mut().enumerate() {
+            *q = nibble(group[j]) | nibble(group[j + HALF]) << 4;
+        }
+    }
+}
+
+/// Values `c0..c0 + n` of an int4 row (`quantize_row_i4`'s layout), each times its
+/// group's scale, appended to `out`.
+pub(super) fn dequantize_i4(q: &[u8], scale: &[f32], c0: usize, n: usize, out: &mut Vec<f32>) {
+    const HALF: usize = INT4_GROUP / 2;
+    let mut c = c0;
+    while c < c0 + n {
+        let g = c / INT4_GROUP;
+        let bytes = &q[g * HALF..(g + 1) * HALF];
+        let mut group = [0f32; INT4_GROUP];
+        for (j, &b) in bytes.iter().enumerate() {
+            group[j] = (f32::from(b & 15) - 8.0) * scale[g];
+            group[j + HALF] = (f32::from(b >> 4) - 8.0) * scale[g];
+        }
+        let from = c - g * INT4_GROUP;
+        let to = (c0 + n - g * INT4_GROUP).min(INT4_GROUP);
+        out.extend_from_slice(&group[from..to]);
+        c = g * INT4_GROUP + to;
+    }
 }

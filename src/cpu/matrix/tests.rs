@@ -33,17 +33,16 @@ fn reference(x: &[f64], w: &[f64], bias: &[f32], m: usize, n: usize, k: usize) -
 
 /// Every kernel level this CPU can run, portable included.
 fn isas() -> Vec<Isa> {
-    let mut out = vec![Isa::Portable];
-    #[cfg(target_arch = "x86_64")]
-    {
-        if Isa::detect() != Isa::Portable {
-            out.push(Isa::Avx512);
-        }
-        if Isa::detect() == Isa::Avx512Bf16 {
-            out.push(Isa::Avx512Bf16);
-        }
-    }
-    out
+    let levels = [
+        Isa::Portable,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Bf16,
+    ];
+    levels.into_iter().filter(|&l| l <= Isa::best()).collect()
 }
 
 fn assert_close(got: &[f32], want: &[f64], k: usize, what: &str) {
@@ -135,6 +134,41 @@ fn int8_product_matches_reference() {
             let got = mat.matmul_t_with(&x, m, None, isa);
             let want = reference(&xr, &wr, &zero, m, n, k);
             assert_close(&got, &want, k, &format!("int8 {isa:?} {m}x{n}x{k}"));
+        }
+    }
+}
+
+#[test]
+fn int4_product_matches_reference() {
+    for isa in isas() {
+        for &(m, n, k) in &SHAPES {
+            let x = values(m * k, 11);
+            let w = values(n * k, 12);
+            let mat = HostMatrix::int4(n, k, &w);
+            let mut back = vec![0f32; k];
+            let mut wr = Vec::with_capacity(n * k);
+            for (r, row) in w.chunks(k).enumerate() {
+                mat.row_into(r, &mut back);
+                let Storage::Int4 { scale, groups, .. } = &mat.storage else {
+                    unreachable!()
+                };
+                // Half a step, or one step where the side of zero opposite the
+                // group's extreme value is clamped at +7 steps.
+                for (c, (&b, &v)) in back.iter().zip(row).enumerate() {
+                    let s = scale[r * groups + c / 32];
+                    let limit = if v / s > 7.5 { s.abs() } else { s.abs() * 0.5 };
+                    assert!((b - v).abs() <= limit + 1e-7, "row {r} col {c}: {b} vs {v}");
+                }
+                wr.extend(back.iter().map(|&v| f64::from(v)));
+            }
+            let xr: Vec<f64> = x
+                .iter()
+                .map(|&v| f64::from(from_bf16(to_bf16(v))))
+                .collect();
+            let zero = vec![0f32; n];
+            let got = mat.matmul_t_with(&x, m, None, isa);
+            let want = reference(&xr, &wr, &zero, m, n, k);
+            assert_close(&got, &want, k, &format!("int4 {isa:?} {m}x{n}x{k}"));
         }
     }
 }
