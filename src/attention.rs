@@ -1,9 +1,20 @@
 //! Scaled dot-product attention with grouped key/value heads, in f32 and in query-row
-//! blocks of bounded size.
+//! blocks of bounded size: through the backend, or in host memory beside host weights.
 
 use burn::tensor::{
-    Bool, FloatDType, Tensor, backend::Backend, module::attention, ops::AttentionModuleOptions,
+    Bool, FloatDType, Tensor, TensorData, backend::Backend, module::attention,
+    ops::AttentionModuleOptions,
 };
+
+use crate::cpu::{self, AttentionShape};
+
+/// Where attention runs: the backend's kernels, or the crate's CPU kernels (layers with
+/// host weights, whose activations pass through host memory anyway).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kernels {
+    Backend,
+    Host,
+}
 
 /// Scaled dot-product attention with grouped key/value heads; `mask` is `true` where
 /// attention is not allowed (`None`: every key visible).
@@ -11,14 +22,18 @@ use burn::tensor::{
 /// The `heads / kv_heads` query heads that share a key/value head are folded into the
 /// sequence axis, so keys and values are used as they are, never repeated. Scores and
 /// softmax run in f32 whatever the compute dtype, as the reference keeps them.
-pub fn grouped_attention<B: Backend>(
+pub(crate) fn grouped_attention<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
     mask: Option<&Tensor<B, 4, Bool>>,
     scale: f64,
     softcap: Option<f64>,
+    kernels: Kernels,
 ) -> Tensor<B, 4> {
+    if kernels == Kernels::Host {
+        return host_attention(q, k, v, mask, scale, softcap);
+    }
     let [b, heads, s, d] = q.dims();
     let kv_heads = k.dims()[1];
     let group = heads / kv_heads;
@@ -44,6 +59,47 @@ pub fn grouped_attention<B: Backend>(
     };
     let out = blocked_attention(q, f32(k), f32(v), mask, options, SCORE_BLOCK);
     out.cast(dtype).reshape([b, heads, s, d])
+}
+
+/// `grouped_attention` by the CPU kernels: the operands read into host memory once,
+/// the result written back as one tensor (f32 activations, as host weights require).
+fn host_attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mask: Option<&Tensor<B, 4, Bool>>,
+    scale: f64,
+    softcap: Option<f64>,
+) -> Tensor<B, 4> {
+    let [b, heads, s, d] = q.dims();
+    let [_, kv_heads, keys, _] = k.dims();
+    let device = q.device();
+    let host = |t: Tensor<B, 4>| t.into_data().convert::<f32>().to_vec::<f32>();
+    let mask = mask.map(|m| m.clone().into_data().to_vec::<bool>());
+    let shape = AttentionShape {
+        batch: b,
+        heads: kv_heads,
+        rows: heads / kv_heads * s,
+        keys,
+        d,
+        mask_rows: s,
+    };
+    let out = match (host(q), host(k), host(v), mask.transpose()) {
+        (Ok(q), Ok(k), Ok(v), Ok(mask)) => cpu::attention(
+            cpu::Isa::detect(),
+            &q,
+            &k,
+            &v,
+            mask.as_deref(),
+            shape,
+            scale as f32,
+            softcap.map(|c| c as f32),
+        ),
+        // Tensors of a CPU backend always read back; `to_vec` only fails on a type
+        // mismatch, which the conversions above rule out.
+        _ => unreachable!("f32 and bool tensors read back as f32 and bool"),
+    };
+    Tensor::from_data(TensorData::new(out, [b, heads, s, d]), &device)
 }
 
 /// Most attention scores held at once (2^25 f32 values: 128 MiB).

@@ -288,7 +288,9 @@ impl<B: Backend> DecoderLayer<B> {
             _ => &step.full_mask,
         };
         let scale = c.query_pre_attn_scalar.powf(-0.5);
-        let attn = grouped_attention(q, k, v, Some(mask), scale, c.attn_logit_softcapping);
+        let softcap = c.attn_logit_softcapping;
+        let kernels = self.q.attention_kernels();
+        let attn = grouped_attention(q, k, v, Some(mask), scale, softcap, kernels);
         let attn = self
             .o
             .forward(attn.swap_dims(1, 2).reshape([b, s, heads * hd]));

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use burn::module::{Module, Param};
 use burn::tensor::{FloatDType, Int, Tensor, TensorData, TensorPrimitive, backend::Backend};
 
+use crate::attention::Kernels;
 use crate::cpu::{self, HostMatrix};
 use crate::error::Result;
 use crate::lora::Lora;
@@ -165,6 +166,15 @@ impl<B: Backend> Linear<B> {
                 ..self
             },
             _ => self,
+        }
+    }
+
+    /// Where the attention beside this projection runs: in host memory when the
+    /// weights are there (its activations already are), else through the backend.
+    pub(crate) fn attention_kernels(&self) -> Kernels {
+        match self.host {
+            Some(_) => Kernels::Host,
+            None => Kernels::Backend,
         }
     }
 

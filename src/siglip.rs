@@ -116,7 +116,8 @@ impl<B: Backend> EncoderLayer<B> {
         let q = split(self.q.forward(normed.clone()));
         let k = split(self.k.forward(normed.clone()));
         let v = split(self.v.forward(normed));
-        let attn = grouped_attention(q, k, v, None, (hd as f64).powf(-0.5), None);
+        let scale = (hd as f64).powf(-0.5);
+        let attn = grouped_attention(q, k, v, None, scale, None, self.q.attention_kernels());
         let attn = attn.swap_dims(1, 2).reshape([b, n, h]);
         let x = x + self.out.forward(attn);
         let mlp = feed_forward(self.ln2.forward(x.clone()), &self.fc1, None, &self.fc2);

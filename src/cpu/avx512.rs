@@ -254,3 +254,54 @@ unsafe fn tile<const MR: usize>(
         }
     }
 }
+
+/// `dots[j] = Σ w[j][c] * x[c]` for `rows` ≤ 4 rows of grouped int4 weights (layout in
+/// `quantize`) against bf16 activations `x` (`groups * 32` values, zero past the row):
+/// per group, the 32 nibbles become bf16 integers by a table permute and one
+/// `vdpbf16ps` multiplies them by the group's 32 activations (exact products), then the
+/// group's scale is applied once. Missing rows repeat row 0 and are discarded.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+pub(super) unsafe fn dot4_i4_bf16(
+    q: &[u8],
+    scale: &[f32],
+    groups: usize,
+    rows: usize,
+    x: &[u16],
+    dots: &mut [f32; 4],
+) {
+    let row_bytes = groups * 16;
+    assert!((1..=4).contains(&rows));
+    assert!(q.len() >= rows * row_bytes && scale.len() >= rows * groups);
+    assert!(x.len() >= groups * 32);
+    // SAFETY: row starts are inside `q` and `scale` (asserted); group `g` reads bytes
+    // `16g..16g + 16` of a row and values `32g..32g + 32` of `x`, inside the lengths.
+    unsafe {
+        let row = |j: usize| if j < rows { j } else { 0 };
+        let qp = [0, 1, 2, 3].map(|j| q.as_ptr().add(row(j) * row_bytes));
+        let sp = [0, 1, 2, 3].map(|j| scale.as_ptr().add(row(j) * groups));
+        // bf16 of n - 8 at index n (the nibble), for n in 0..16.
+        let table = _mm512_set_epi16(
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, // indexes 16..31: unused
+            0x40E0, 0x40C0, 0x40A0, 0x4080, 0x4040, 0x4000, 0x3F80, 0, -16512, -16384, -16320,
+            -16256, -16224, -16192, -16160, -16128,
+        );
+        let low = _mm256_set1_epi16(15);
+        let mut acc = [_mm512_setzero_ps(); 4];
+        for g in 0..groups {
+            let xv = load_full(x.as_ptr().add(g * 32));
+            for j in 0..4 {
+                let bytes = _mm_loadu_si128(qp[j].add(g * 16).cast());
+                let wide = _mm256_cvtepu8_epi16(bytes);
+                let lo = _mm256_and_si256(wide, low);
+                let hi = _mm256_srli_epi16(wide, 4);
+                let nibbles = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+                let w: __m512bh = std::mem::transmute(_mm512_permutexvar_epi16(nibbles, table));
+                let part = _mm512_dpbf16_ps(_mm512_setzero_ps(), w, xv);
+                acc[j] = _mm512_fmadd_ps(part, _mm512_set1_ps(*sp[j].add(g)), acc[j]);
+            }
+        }
+        for j in 0..4 {
+            dots[j] = _mm512_reduce_add_ps(acc[j]);
+        }
+    }
+}

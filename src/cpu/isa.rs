@@ -30,7 +30,7 @@ pub(crate) enum Isa {
 
 impl Isa {
     /// Every level, by the name `PALIGEMMA_KERNELS` takes.
-    fn all() -> &'static [(&'static str, Isa)] {
+    pub(super) fn all() -> &'static [(&'static str, Isa)] {
         &[
             ("portable", Isa::Portable),
             #[cfg(target_arch = "x86_64")]

@@ -17,9 +17,11 @@
 //! - `simd`, `kernels`: the kernel shapes every level shares, written once over a small
 //!   vector trait (portable, AVX2 + FMA, AVX-512); `avx512`, `dpbf16`: the AVX-512 BF16
 //!   kernels and the bf16 and int8 products built on them.
+//! - `attention`: attention for layers with host weights, on the same f32 tile.
 //! - `gelu`, `quantize`, `memory`: the MLP activation, int8 quantization at load, and
 //!   bf16 conversion and huge-page helpers.
 
+mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 #[cfg(target_arch = "x86_64")]
@@ -33,6 +35,7 @@ mod products;
 mod quantize;
 mod simd;
 
+pub(crate) use attention::{AttentionShape, attention};
 pub(crate) use gelu::gelu_tanh_mul;
 pub(crate) use isa::{Isa, kernel_level};
 pub(crate) use matrix::HostMatrix;

@@ -122,9 +122,10 @@ pub(super) fn stream_product<T: Element + Sync>(
     });
 }
 
-/// The grouped int4 product for a few activation rows (decode): `stream_product` over
-/// `dot4_i4`, which applies the group scales itself. Each activation row is padded
-/// with zeros to whole groups.
+/// The grouped int4 product for a few activation rows (decode): `stream_product`'s
+/// loop over `dot4_i4` (`vdpbf16ps` on bf16 activations with AVX-512 BF16), which
+/// applies the group scales itself. Each activation row is padded with zeros to whole
+/// groups.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn stream_int4(
     isa: Isa,
@@ -141,6 +142,13 @@ pub(super) fn stream_int4(
     for (dst, src) in xp.chunks_mut(padded).zip(x.chunks(k)) {
         dst[..k].copy_from_slice(src);
     }
+    // With AVX-512 BF16 the activations go in as bf16 (exact: already rounded).
+    #[cfg(target_arch = "x86_64")]
+    let xh: Vec<u16> = if isa == Isa::Avx512Bf16 {
+        xp.iter().map(|&v| to_bf16(v)).collect()
+    } else {
+        Vec::new()
+    };
     let row_bytes = groups * INT4_GROUP / 2;
     row_blocks::<()>(out_t, m, |r0, _, _, out| {
         for (j4, out) in out.chunks_mut(4 * m).enumerate() {
@@ -149,14 +157,19 @@ pub(super) fn stream_int4(
             let scale = &scale[r * groups..(r + rows) * groups];
             for i in 0..m {
                 let mut dots = [0f32; 4];
-                isa.dot4_i4(
-                    q,
-                    scale,
-                    groups,
-                    rows,
-                    &xp[i * padded..(i + 1) * padded],
-                    &mut dots,
-                );
+                let x = i * padded..(i + 1) * padded;
+                #[cfg(target_arch = "x86_64")]
+                if isa == Isa::Avx512Bf16 {
+                    // SAFETY: the CPU has AVX-512 BF16 (a level is only chosen when it
+                    // does); the kernel asserts its bounds.
+                    unsafe {
+                        avx512::dot4_i4_bf16(q, scale, groups, rows, &xh[x.clone()], &mut dots)
+                    };
+                } else {
+                    isa.dot4_i4(q, scale, groups, rows, &xp[x.clone()], &mut dots);
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                isa.dot4_i4(q, scale, groups, rows, &xp[x], &mut dots);
                 for (j, &d) in dots.iter().enumerate().take(rows) {
                     out[j * m + i] = d;
                 }
