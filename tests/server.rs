@@ -487,6 +487,75 @@ fn error_code(a: &Answer) -> (u16, String) {
     )
 }
 
+/// A plain HTTP/1.1 file server on a free loopback port, one thread, for the
+/// server's image downloads: `files` by path, 404 for anything else.
+fn serve_files(files: Vec<(&'static str, Vec<u8>)>) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = String::new();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            while reader.read_line(&mut request).is_ok_and(|n| n > 2) {}
+            let path = request.split_whitespace().nth(1).unwrap_or("").to_string();
+            let reply = match files.iter().find(|(p, _)| *p == path) {
+                Some((_, body)) => {
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: image/png\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    [head.into_bytes(), body.clone()].concat()
+                }
+                None => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    .to_vec(),
+            };
+            stream.write_all(&reply).ok();
+        }
+    });
+    base
+}
+
+/// With fetching allowed, an http image URL is downloaded and answered as the same
+/// image inline; a missing image and one over the byte limit get typed errors.
+#[test]
+fn remote_image_urls_are_fetched_only_when_allowed() {
+    let model = demo();
+    let image = shapes();
+    let caption = model.caption(&image, "en").unwrap();
+    let png = png_bytes(&image);
+    let limit = 200_000;
+    assert!(png.len() < limit);
+    let files = serve_files(vec![("/shapes.png", png), ("/big.png", vec![0; limit + 1])]);
+    let config = ServerConfig {
+        fetch_remote_images: true,
+        max_body_bytes: limit,
+        ..config("demo")
+    };
+    let (running, _) = Running::start(config, Some(model));
+    let chat = running.url("/v1/chat/completions");
+    let with_url = |url: String| {
+        let mut b = chat_body("demo", "caption en", &image);
+        b["messages"][0]["content"][1]["image_url"]["url"] = json!(url);
+        post(&chat, &b)
+    };
+    let fetched = with_url(format!("{files}/shapes.png"));
+    assert_eq!(fetched.status, 200, "{}", fetched.body);
+    assert_eq!(
+        fetched.body["choices"][0]["message"]["content"],
+        caption.as_str()
+    );
+    let missing = with_url(format!("{files}/none.png"));
+    assert_eq!(error_code(&missing), (400, "image_fetch_failed".into()));
+    let message = missing.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("404"), "{message}");
+    let big = with_url(format!("{files}/big.png"));
+    assert_eq!(error_code(&big), (413, "image_too_large".into()));
+    // Other schemes stay refused even when fetching is allowed.
+    let file = with_url("file:///etc/passwd".into());
+    assert_eq!(error_code(&file), (400, "remote_images_disabled".into()));
+}
+
 /// Every bad request gets OpenAI's error JSON with the right status.
 #[test]
 fn bad_requests_get_typed_errors() {

@@ -59,6 +59,10 @@ struct Args {
     /// Require `Authorization: Bearer <key>`; also read from PALIGEMMA_API_KEY.
     #[arg(long, env = "PALIGEMMA_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// Fetch http:// and https:// image URLs in chat requests (by default only inline
+    /// data: URLs are accepted, so the server never requests addresses clients choose).
+    #[arg(long)]
+    allow_remote_images: bool,
     /// Log format: text or json.
     #[arg(long, default_value = "text")]
     log_format: String,
@@ -108,6 +112,7 @@ fn run(args: Args) -> Result<(), String> {
         max_batch: args.max_batch,
         api_key: args.api_key.clone(),
         shutdown_grace: seconds("shutdown-grace", args.shutdown_grace)?,
+        fetch_remote_images: args.allow_remote_images,
         ..ServerConfig::default()
     };
     let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("starting tokio: {e}"))?;

@@ -35,28 +35,48 @@ pub(crate) fn base64_image(
     max_pixels: u64,
 ) -> Result<DynamicImage, ApiError> {
     if text.starts_with("data:") {
-        return url_image(text, what, max_pixels);
+        return url_image(text, what, max_pixels, None);
     }
     decode_image(&base64_bytes(text, what)?, what, max_pixels)
 }
 
-/// Decode the image of an `image_url`: only `data:...;base64,` URLs. The server never
-/// fetches remote URLs (no server-side requests to addresses clients choose).
+/// How `http://` and `https://` image URLs are fetched when a server allows it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RemoteFetch {
+    /// Largest download in bytes (413 above).
+    pub max_bytes: usize,
+    /// Time the whole download may take, redirects included.
+    pub timeout: std::time::Duration,
+}
+
+/// Redirects followed when fetching an image URL.
+const MAX_REDIRECTS: u32 = 3;
+
+/// Decode the image of an `image_url`: a `data:...;base64,` URL, or with `remote` an
+/// `http(s)://` URL, downloaded within its limits. Without `remote` the server makes
+/// no requests to addresses clients choose.
 pub(crate) fn url_image(
     url: &str,
     what: &'static str,
     max_pixels: u64,
+    remote: Option<RemoteFetch>,
 ) -> Result<DynamicImage, ApiError> {
     let Some(rest) = url.strip_prefix("data:") else {
         let scheme = url.split(':').next().unwrap_or_default();
-        return Err(ApiError::invalid_param(
-            what,
-            "remote_images_disabled",
-            format!(
-                "image URLs with scheme `{scheme}` are not fetched by this server; send the \
-                 image inline as a data:image/...;base64,... URL"
-            ),
-        ));
+        let web = scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https");
+        return match remote {
+            Some(limits) if web => decode_image(&fetch(url, what, limits)?, what, max_pixels),
+            _ => Err(ApiError::invalid_param(
+                what,
+                "remote_images_disabled",
+                format!(
+                    "image URLs with scheme `{scheme}` are not fetched by this server (it \
+                     fetches http and https URLs only when started with \
+                     --allow-remote-images); send the image inline as a \
+                     data:image/...;base64,... URL"
+                ),
+            )),
+        };
     };
     let Some((meta, data)) = rest.split_once(',') else {
         return Err(ApiError::invalid_param(
@@ -73,6 +93,39 @@ pub(crate) fn url_image(
         ));
     }
     decode_image(&base64_bytes(data, what)?, what, max_pixels)
+}
+
+/// Download `url` (blocking: callers run on a blocking thread) within `limits`.
+fn fetch(url: &str, what: &'static str, limits: RemoteFetch) -> Result<Vec<u8>, ApiError> {
+    let failed = |reason: String| {
+        ApiError::invalid_param(
+            what,
+            "image_fetch_failed",
+            format!("fetching the image at {url}: {reason}"),
+        )
+    };
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(limits.timeout))
+        .max_redirects(MAX_REDIRECTS)
+        .build()
+        .into();
+    let mut response = agent.get(url).call().map_err(|e| match e {
+        ureq::Error::StatusCode(code) => failed(format!("the server answered HTTP {code}")),
+        other => failed(other.to_string()),
+    })?;
+    let max = limits.max_bytes as u64;
+    response
+        .body_mut()
+        .with_config()
+        .limit(max)
+        .read_to_vec()
+        .map_err(|e| match e {
+            ureq::Error::BodyExceedsLimit(_) => ApiError::too_large(
+                "image_too_large",
+                format!("the image at {url} is larger than this server's limit of {max} bytes"),
+            ),
+            other => failed(other.to_string()),
+        })
 }
 
 /// Decode image bytes of any supported format, refusing images of more than
@@ -152,7 +205,7 @@ mod tests {
         let img = base64_image(&b64, "image", 100).unwrap();
         assert_eq!((img.width(), img.height()), (3, 2));
         let url = format!("data:image/png;base64,{b64}");
-        assert_eq!(url_image(&url, "image_url", 100).unwrap().width(), 3);
+        assert_eq!(url_image(&url, "image_url", 100, None).unwrap().width(), 3);
         assert_eq!(base64_image(&url, "image", 100).unwrap().height(), 2);
         // Without padding, with line breaks.
         let unpadded = b64.trim_end_matches('=');
@@ -169,15 +222,15 @@ mod tests {
             "invalid_image"
         );
         assert_eq!(
-            code(url_image("https://example.com/cat.png", "u", 100)),
+            code(url_image("https://example.com/cat.png", "u", 100, None)),
             "remote_images_disabled"
         );
         assert_eq!(
-            code(url_image("data:image/png,abc", "u", 100)),
+            code(url_image("data:image/png,abc", "u", 100, None)),
             "invalid_data_url"
         );
         assert_eq!(
-            code(url_image("data:image/png;base64", "u", 100)),
+            code(url_image("data:image/png;base64", "u", 100, None)),
             "invalid_data_url"
         );
         // Too many pixels, refused from the header.

@@ -84,6 +84,20 @@ pub struct ServerConfig {
     /// After a shutdown signal, how long in-flight requests may take to finish before
     /// they are answered 503.
     pub shutdown_grace: Duration,
+    /// Fetch `http://` and `https://` image URLs in chat requests (off by default:
+    /// the server would make requests to addresses clients choose). A download is
+    /// held to `max_body_bytes` and `request_timeout`, following at most 3 redirects.
+    pub fetch_remote_images: bool,
+}
+
+impl ServerConfig {
+    /// The download limits for image URLs, when fetching them is allowed.
+    fn remote_fetch(&self) -> Option<media::RemoteFetch> {
+        self.fetch_remote_images.then_some(media::RemoteFetch {
+            max_bytes: self.max_body_bytes,
+            timeout: self.request_timeout,
+        })
+    }
 }
 
 impl Default for ServerConfig {
@@ -100,6 +114,7 @@ impl Default for ServerConfig {
             max_batch: 8,
             api_key: None,
             shutdown_grace: Duration::from_secs(30),
+            fetch_remote_images: false,
         }
     }
 }

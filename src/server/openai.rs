@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use super::engine::Message;
 use super::error::ApiError;
-use super::media::url_image;
+use super::media::{RemoteFetch, url_image};
 use super::{AppState, Pending, finish_reason, unix_time, usage};
 use crate::generate::GenerateOptions;
 
@@ -125,6 +125,7 @@ fn model_entry(state: &AppState) -> Value {
 fn prompt_and_images(
     messages: Vec<ChatMessage>,
     max_pixels: u64,
+    remote: Option<RemoteFetch>,
 ) -> Result<(String, Vec<DynamicImage>), ApiError> {
     for m in &messages {
         if !matches!(
@@ -155,7 +156,7 @@ fn prompt_and_images(
                 match part {
                     Part::Text { text } => texts.push(text),
                     Part::ImageUrl { image_url } => {
-                        images.push(url_image(&image_url.url, "image_url", max_pixels)?);
+                        images.push(url_image(&image_url.url, "image_url", max_pixels, remote)?);
                     }
                 }
             }
@@ -252,8 +253,9 @@ pub(super) async fn chat(
         .unwrap_or(false);
     let messages = std::mem::take(&mut request.messages);
     let max_pixels = state.config.max_image_pixels;
+    let remote = state.config.remote_fetch();
     let (prompt, images) =
-        tokio::task::spawn_blocking(move || prompt_and_images(messages, max_pixels))
+        tokio::task::spawn_blocking(move || prompt_and_images(messages, max_pixels, remote))
             .await
             .map_err(|e| ApiError::internal(format!("decoding the images failed: {e}")))??;
     let pending = state.submit(images, prompt, options, stream)?;
