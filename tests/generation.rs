@@ -66,15 +66,21 @@ fn batched_greedy_equals_transformers_batch_and_single_prompts() {
     }
 }
 
-/// Reduced-precision host weights (bf16, int8) round every product's activations the
-/// same way whatever the number of rows, so batched greedy output equals single runs
-/// at every batch size (decode steps of 1 to 4 rows and of more use different kernels).
+/// Every host weight format (f32, and bf16, int8, int4, which round every product's
+/// activations the same way whatever the number of rows) gives batched greedy output
+/// equal to single runs at every batch size (decode steps of 1 to 4 rows and of more
+/// use different kernels).
 #[test]
 fn reduced_host_weights_batch_equals_single_at_every_batch_size() {
-    for (name, weights) in ["pg1-tiny", "pg2-tiny"]
-        .into_iter()
-        .flat_map(|n| [(n, WeightFormat::Int8), (n, WeightFormat::Bf16)])
-    {
+    for (name, weights) in ["pg1-tiny", "pg2-tiny"].into_iter().flat_map(|n| {
+        [
+            WeightFormat::F32,
+            WeightFormat::Bf16,
+            WeightFormat::Int8,
+            WeightFormat::Int4,
+        ]
+        .map(|w| (n, w))
+    }) {
         let model = model_with(name, weights);
         let meta = expected_json(name);
         let cases: Vec<(image::DynamicImage, String)> = meta["cases"]

@@ -10,8 +10,8 @@ use super::dpbf16::{Operand, bf16_block, int8_block};
 use super::isa::Isa;
 use super::memory::{FileBytes, from_bf16, prefer_huge_pages};
 use super::products::{
-    STREAM_ROWS, WeightRows, bf16_values, pack_rows, packed_product, row_blocks, stream_int4,
-    stream_product, transpose,
+    STREAM_ROWS, WeightRows, bf16_values, prompt_product, row_blocks, stream_int4, stream_product,
+    transpose,
 };
 use super::quantize::{INT4_GROUP, dequantize_i4, quantize_row, quantize_row_i4};
 
@@ -309,23 +309,21 @@ impl HostMatrix {
         match &self.storage {
             Storage::F32(w) if stream => stream_product(isa, x, m, w.as_slice(), k, out_t),
             Storage::F32(w) => {
-                let a = pack_rows(x, m, k, isa.lanes());
-                packed_product(isa, &a, m, k, WeightRows::F32(w.as_slice()), out_t);
+                prompt_product(isa, x, m, k, WeightRows::F32(w.as_slice()), out_t);
             }
             Storage::Bf16(h) if stream => {
                 stream_product(isa, &bf16_values(isa, x), m, h.as_slice(), k, out_t)
             }
             Storage::Bf16(h) => {
-                let a = pack_rows(&bf16_values(isa, x), m, k, isa.lanes());
-                packed_product(isa, &a, m, k, WeightRows::Bf16(h.as_slice()), out_t);
+                let x = bf16_values(isa, x);
+                prompt_product(isa, &x, m, k, WeightRows::Bf16(h.as_slice()), out_t);
             }
             Storage::Int8 { q, scale } => {
                 let x = bf16_values(isa, x);
                 if stream {
                     stream_product(isa, &x, m, q, k, out_t);
                 } else {
-                    let a = pack_rows(&x, m, k, isa.lanes());
-                    packed_product(isa, &a, m, k, WeightRows::Int8(q), out_t);
+                    prompt_product(isa, &x, m, k, WeightRows::Int8(q), out_t);
                 }
                 scale_rows(out_t, m, scale);
             }
@@ -334,13 +332,12 @@ impl HostMatrix {
                 if stream {
                     stream_int4(isa, &x, m, q, scale, *groups, k, out_t);
                 } else {
-                    let a = pack_rows(&x, m, k, isa.lanes());
                     let w = WeightRows::Int4 {
                         q,
                         scale,
                         groups: *groups,
                     };
-                    packed_product(isa, &a, m, k, w, out_t);
+                    prompt_product(isa, &x, m, k, w, out_t);
                 }
             }
         }

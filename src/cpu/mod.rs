@@ -11,7 +11,8 @@
 //! lays it out, so weights can be used in place from the checkpoint's memory map.
 //!
 //! - `matrix`: `HostMatrix`, its storage, and which product a format and row count get.
-//! - `products`: the blocked, parallel product drivers and the packed activations.
+//! - `products`: the blocked, parallel product drivers and the packed activations (at
+//!   the portable level, prompt products go through the `gemm` crate, as burn's do).
 //! - `isa`: which kernel level runs (detected, or forced by `PALIGEMMA_KERNELS`) and
 //!   the dispatch to its kernels.
 //! - `simd`, `kernels`: the kernel shapes every level shares, written once over a small

@@ -206,43 +206,35 @@ pub(super) fn pack_rows(x: &[f32], m: usize, k: usize, lanes: usize) -> Vec<f32>
     packed
 }
 
-/// `out_t = W · aᵀ` (`[n, m]`) from activations packed by `pack_rows` at `isa`'s lanes:
-/// each task's weight rows in k blocks of `F32_BLOCK_K` (widened once per block and
-/// reused by every activation group), tiles of 6 weight rows by `isa.groups()`
-/// activation groups.
-pub(super) fn packed_product(
+/// `out_t = W · xᵀ` for many activation rows (prompts): the f32 tile over activations
+/// packed once, or at the portable level the `gemm` crate (`gemm_product`).
+pub(super) fn prompt_product(
     isa: Isa,
-    a: &[f32],
+    x: &[f32],
     m: usize,
     k: usize,
     w: WeightRows<'_>,
     out_t: &mut [f32],
 ) {
+    if isa == Isa::Portable {
+        gemm_product(x, m, k, w, out_t);
+    } else {
+        let a = pack_rows(x, m, k, isa.lanes());
+        packed_product(isa, &a, m, k, w, out_t);
+    }
+}
+
+/// `out_t = W · aᵀ` (`[n, m]`) from activations packed by `pack_rows` at `isa`'s lanes:
+/// each task's weight rows in k blocks of `F32_BLOCK_K` (widened once per block and
+/// reused by every activation group), tiles of 6 weight rows by `isa.groups()`
+/// activation groups.
+fn packed_product(isa: Isa, a: &[f32], m: usize, k: usize, w: WeightRows<'_>, out_t: &mut [f32]) {
     let (lanes, per_tile) = (isa.lanes(), isa.groups());
     let groups = m.div_ceil(lanes);
     row_blocks::<f32>(out_t, m, |r0, rows, scratch, out| {
         for k0 in (0..k).step_by(F32_BLOCK_K) {
             let kc = F32_BLOCK_K.min(k - k0);
-            let (block, ldw): (&[f32], usize) = match w {
-                WeightRows::F32(w) => (&w[r0 * k + k0..], k),
-                WeightRows::Bf16(h) => {
-                    widen_block(&h[r0 * k..], k, rows, k0, kc, scratch, from_bf16);
-                    (scratch, kc)
-                }
-                WeightRows::Int8(q) => {
-                    widen_block(&q[r0 * k..], k, rows, k0, kc, scratch, f32::from);
-                    (scratch, kc)
-                }
-                WeightRows::Int4 { q, scale, groups } => {
-                    let bytes = groups * INT4_GROUP / 2;
-                    scratch.clear();
-                    for r in r0..r0 + rows {
-                        let (q, scale) = (&q[r * bytes..], &scale[r * groups..]);
-                        dequantize_i4(q, scale, k0, kc, scratch);
-                    }
-                    (scratch, kc)
-                }
-            };
+            let (block, ldw) = weight_block(w, k, r0, rows, k0, kc, scratch);
             for j0 in (0..rows).step_by(6) {
                 for g0 in (0..groups).step_by(per_tile) {
                     let tile = OuterTile {
@@ -261,6 +253,108 @@ pub(super) fn packed_product(
                     };
                     isa.outer_f32(&tile, &mut out[j0 * m..]);
                 }
+            }
+        }
+    });
+}
+
+/// Columns `k0..k0 + kc` of weight rows `r0..r0 + rows` as f32, with their row
+/// stride: f32 in place, other formats widened into `scratch` (`kc` apart).
+fn weight_block<'a>(
+    w: WeightRows<'a>,
+    k: usize,
+    r0: usize,
+    rows: usize,
+    k0: usize,
+    kc: usize,
+    scratch: &'a mut Vec<f32>,
+) -> (&'a [f32], usize) {
+    match w {
+        WeightRows::F32(w) => (&w[r0 * k + k0..], k),
+        WeightRows::Bf16(h) => {
+            widen_block(&h[r0 * k..], k, rows, k0, kc, scratch, from_bf16);
+            (scratch, kc)
+        }
+        WeightRows::Int8(q) => {
+            widen_block(&q[r0 * k..], k, rows, k0, kc, scratch, f32::from);
+            (scratch, kc)
+        }
+        WeightRows::Int4 { q, scale, groups } => {
+            let bytes = groups * INT4_GROUP / 2;
+            scratch.clear();
+            for r in r0..r0 + rows {
+                let (q, scale) = (&q[r * bytes..], &scale[r * groups..]);
+                dequantize_i4(q, scale, k0, kc, scratch);
+            }
+            (scratch, kc)
+        }
+    }
+}
+
+/// `out_t = W · xᵀ` (`[n, m]`, `x` `[m, k]` unpacked) through the `gemm` crate, which
+/// picks its own SIMD at run time as burn's CPU backends do: the portable level's
+/// prompt products, so a CPU without this crate's levels (ARM, x86 without AVX2) is
+/// no slower than burn. f32 weights go in one parallel call; other formats are
+/// widened a block at a time per task.
+pub(super) fn gemm_product(x: &[f32], m: usize, k: usize, w: WeightRows<'_>, out_t: &mut [f32]) {
+    let n = out_t.len() / m.max(1);
+    // SAFETY (both calls): `dst` is `[rows, m]` (row stride m), `lhs` `rows` weight rows
+    // of `kc` values `ldw` apart, `rhs` columns `k0..k0 + kc` of `x` read as a `[kc, m]`
+    // matrix (row stride 1, column stride k); all inside their slices.
+    if let WeightRows::F32(w) = w {
+        let threads = rayon::current_num_threads();
+        unsafe {
+            gemm::gemm(
+                n,
+                m,
+                k,
+                out_t.as_mut_ptr(),
+                1,
+                m as isize,
+                false,
+                w.as_ptr(),
+                1,
+                k as isize,
+                x.as_ptr(),
+                k as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(threads),
+            );
+        }
+        return;
+    }
+    row_blocks::<f32>(out_t, m, |r0, rows, scratch, out| {
+        for k0 in (0..k).step_by(F32_BLOCK_K) {
+            let kc = F32_BLOCK_K.min(k - k0);
+            let (block, ldw) = weight_block(w, k, r0, rows, k0, kc, scratch);
+            assert!(block.len() >= (rows - 1) * ldw + kc && x.len() >= (m - 1) * k + k0 + kc);
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    m,
+                    kc,
+                    out.as_mut_ptr(),
+                    1,
+                    m as isize,
+                    k0 > 0,
+                    block.as_ptr(),
+                    1,
+                    ldw as isize,
+                    x.as_ptr().add(k0),
+                    k as isize,
+                    1,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
             }
         }
     });
