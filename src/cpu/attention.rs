@@ -10,8 +10,7 @@
 use rayon::prelude::*;
 
 use super::isa::Isa;
-use super::kernels::OuterTile;
-use super::products::pack_rows;
+use super::products::{Columns, outer_block, pack_rows};
 
 /// Query rows per task (a multiple of the tile's 6 rows).
 const QUERY_BLOCK: usize = 48;
@@ -149,31 +148,12 @@ impl Block {
         out: &mut [f32],
     ) {
         let (isa, keys, d) = (self.isa, self.keys, self.d);
-        let (lanes, per_tile) = (isa.lanes(), isa.groups());
         let n = out.len() / d;
         scores.clear();
         scores.resize(n * keys, 0.0);
         // Scores: query rows as the tile's weight rows, keys as its packed operand.
-        let key_groups = keys.div_ceil(lanes);
-        for j0 in (0..n).step_by(6) {
-            for g0 in (0..key_groups).step_by(per_tile) {
-                let tile = OuterTile {
-                    a: pk,
-                    k: d,
-                    g0,
-                    nv: per_tile.min(key_groups - g0),
-                    c0: 0,
-                    nc: d,
-                    w: &q[j0 * d..],
-                    ldw: d,
-                    nr: 6.min(n - j0),
-                    m: keys,
-                    i0: g0 * lanes,
-                    accumulate: false,
-                };
-                isa.outer_f32(&tile, &mut scores[j0 * keys..]);
-            }
-        }
+        let all_of_d = Columns { k: d, c0: 0, nc: d };
+        outer_block(isa, pk, keys, all_of_d, q, d, n, scores);
         let mut sums = vec![0f32; n];
         for (r, (row, sum)) in scores.chunks_mut(keys).zip(&mut sums).enumerate() {
             let hidden = mask.map(|(m, mask_rows)| &m[((r0 + r) % mask_rows) * keys..][..keys]);
@@ -181,28 +161,14 @@ impl Block {
         }
         // Values: probability rows as the tile's weight rows, value columns as its
         // packed operand, in key blocks added up in `out`.
-        let d_groups = d.div_ceil(lanes);
         for k0 in (0..keys).step_by(KEY_BLOCK) {
             let kc = KEY_BLOCK.min(keys - k0);
-            for j0 in (0..n).step_by(6) {
-                for g0 in (0..d_groups).step_by(per_tile) {
-                    let tile = OuterTile {
-                        a: pv,
-                        k: keys,
-                        g0,
-                        nv: per_tile.min(d_groups - g0),
-                        c0: k0,
-                        nc: kc,
-                        w: &scores[j0 * keys + k0..],
-                        ldw: keys,
-                        nr: 6.min(n - j0),
-                        m: d,
-                        i0: g0 * lanes,
-                        accumulate: k0 > 0,
-                    };
-                    isa.outer_f32(&tile, &mut out[j0 * d..]);
-                }
-            }
+            let cols = Columns {
+                k: keys,
+                c0: k0,
+                nc: kc,
+            };
+            outer_block(isa, pv, d, cols, &scores[k0..], keys, n, out);
         }
         for (row, &sum) in out.chunks_mut(d).zip(&sums) {
             let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };

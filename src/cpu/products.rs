@@ -229,33 +229,60 @@ pub(super) fn prompt_product(
 /// reused by every activation group), tiles of 6 weight rows by `isa.groups()`
 /// activation groups.
 fn packed_product(isa: Isa, a: &[f32], m: usize, k: usize, w: WeightRows<'_>, out_t: &mut [f32]) {
-    let (lanes, per_tile) = (isa.lanes(), isa.groups());
-    let groups = m.div_ceil(lanes);
     row_blocks::<f32>(out_t, m, |r0, rows, scratch, out| {
         for k0 in (0..k).step_by(F32_BLOCK_K) {
             let kc = F32_BLOCK_K.min(k - k0);
             let (block, ldw) = weight_block(w, k, r0, rows, k0, kc, scratch);
-            for j0 in (0..rows).step_by(6) {
-                for g0 in (0..groups).step_by(per_tile) {
-                    let tile = OuterTile {
-                        a,
-                        k,
-                        g0,
-                        nv: per_tile.min(groups - g0),
-                        c0: k0,
-                        nc: kc,
-                        w: &block[j0 * ldw..],
-                        ldw,
-                        nr: 6.min(rows - j0),
-                        m,
-                        i0: g0 * lanes,
-                        accumulate: k0 > 0,
-                    };
-                    isa.outer_f32(&tile, &mut out[j0 * m..]);
-                }
-            }
+            let cols = Columns { k, c0: k0, nc: kc };
+            outer_block(isa, a, m, cols, block, ldw, rows, out);
         }
     });
+}
+
+/// Columns `c0..c0 + nc` of operands with `k` columns: one k block of a product.
+#[derive(Clone, Copy)]
+pub(super) struct Columns {
+    pub k: usize,
+    pub c0: usize,
+    pub nc: usize,
+}
+
+/// `out[r * m + i] (+)= Σ_c w[r][c] · a[i][c]` over `cols` for `rows` rows of `w`
+/// (`ldw` apart, `w[0]` being column `c0`) and all `m` rows of `a`, packed by
+/// `pack_rows` at `isa`'s lanes: tiles of 6 rows by `isa.groups()` groups. The block
+/// at column 0 stores, later blocks add.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn outer_block(
+    isa: Isa,
+    a: &[f32],
+    m: usize,
+    cols: Columns,
+    w: &[f32],
+    ldw: usize,
+    rows: usize,
+    out: &mut [f32],
+) {
+    let (lanes, per_tile) = (isa.lanes(), isa.groups());
+    let groups = m.div_ceil(lanes);
+    for j0 in (0..rows).step_by(6) {
+        for g0 in (0..groups).step_by(per_tile) {
+            let tile = OuterTile {
+                a,
+                k: cols.k,
+                g0,
+                nv: per_tile.min(groups - g0),
+                c0: cols.c0,
+                nc: cols.nc,
+                w: &w[j0 * ldw..],
+                ldw,
+                nr: 6.min(rows - j0),
+                m,
+                i0: g0 * lanes,
+                accumulate: cols.c0 > 0,
+            };
+            isa.outer_f32(&tile, &mut out[j0 * m..]);
+        }
+    }
 }
 
 /// Columns `k0..k0 + kc` of weight rows `r0..r0 + rows` as f32, with their row

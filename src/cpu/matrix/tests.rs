@@ -56,6 +56,25 @@ fn assert_close(got: &[f32], want: &[f64], k: usize, what: &str) {
     }
 }
 
+/// A product without bias against the f64 reference on activations rounded to bf16
+/// (what every reduced-precision product multiplies) and weights `wr` as stored.
+fn check_unbiased(
+    mat: &HostMatrix,
+    x: &[f32],
+    wr: &[f64],
+    (m, n, k): (usize, usize, usize),
+    isa: Isa,
+    what: &str,
+) {
+    let xr: Vec<f64> = x
+        .iter()
+        .map(|&v| f64::from(from_bf16(to_bf16(v))))
+        .collect();
+    let got = mat.matmul_t_with(x, m, None, isa);
+    let want = reference(&xr, wr, &vec![0f32; n], m, n, k);
+    assert_close(&got, &want, k, &format!("{what} {isa:?} {m}x{n}x{k}"));
+}
+
 // Shapes cover k tails (not a multiple of 32 or 16, odd), row remainders (m, n not
 // multiples of 4 or 6), several row blocks, several k blocks, and for the packed
 // kernel several 64-row activation blocks with a partial last one.
@@ -126,14 +145,7 @@ fn int8_product_matches_reference() {
                 .map(|i| f64::from(q[i]) * f64::from(scale[i / k]))
                 .collect();
             // Every product sees the activations in bf16, streaming rows included.
-            let xr: Vec<f64> = x
-                .iter()
-                .map(|&v| f64::from(from_bf16(to_bf16(v))))
-                .collect();
-            let zero = vec![0f32; n];
-            let got = mat.matmul_t_with(&x, m, None, isa);
-            let want = reference(&xr, &wr, &zero, m, n, k);
-            assert_close(&got, &want, k, &format!("int8 {isa:?} {m}x{n}x{k}"));
+            check_unbiased(&mat, &x, &wr, (m, n, k), isa, "int8");
         }
     }
 }
@@ -161,14 +173,7 @@ fn int4_product_matches_reference() {
                 }
                 wr.extend(back.iter().map(|&v| f64::from(v)));
             }
-            let xr: Vec<f64> = x
-                .iter()
-                .map(|&v| f64::from(from_bf16(to_bf16(v))))
-                .collect();
-            let zero = vec![0f32; n];
-            let got = mat.matmul_t_with(&x, m, None, isa);
-            let want = reference(&xr, &wr, &zero, m, n, k);
-            assert_close(&got, &want, k, &format!("int4 {isa:?} {m}x{n}x{k}"));
+            check_unbiased(&mat, &x, &wr, (m, n, k), isa, "int4");
         }
     }
 }
