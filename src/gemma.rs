@@ -240,6 +240,16 @@ impl<B: Backend> Decoder<B> {
         Ok(Decoder { layers, ..self })
     }
 
+    /// The decoder with `f` applied to every linear layer, the tied embedding included.
+    pub(crate) fn map_linears(self, f: &mut impl FnMut(Linear<B>) -> Linear<B>) -> Self {
+        let embed = f(self.embed);
+        let decoder = Decoder { embed, ..self };
+        match decoder.try_map_projections(|_, _, l| Ok(f(l))) {
+            Ok(d) => d,
+            Err(_) => unreachable!("the map cannot fail"),
+        }
+    }
+
     /// The compute dtype of weights and activations.
     pub fn dtype(&self) -> Dtype {
         self.dtype

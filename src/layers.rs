@@ -139,13 +139,9 @@ impl<B: Backend> Linear<B> {
         }
     }
 
-    /// The layer with `lora` added; host-memory weights cannot take an adapter.
+    /// The layer with `lora` added. Over a host-memory weight the adapter runs on the
+    /// backend beside the host product (inference: host weights never train).
     pub(crate) fn with_lora(self, lora: Lora<B>) -> Result<Self> {
-        if self.host.is_some() {
-            return Err(crate::error::Error::Unsupported(
-                "LoRA needs backend weights (WeightFormat::Backend)".into(),
-            ));
-        }
         Ok(Linear {
             lora: Some(lora),
             ..self
@@ -157,15 +153,56 @@ impl<B: Backend> Linear<B> {
         self.lora.as_ref()
     }
 
-    /// The adapter folded into the weight: the same function as a plain layer.
+    /// The adapter folded into the weight: the same function as a plain layer. A host
+    /// weight becomes an f32 host matrix `W + delta`, whatever format it had.
     pub(crate) fn merged(self) -> Self {
-        match (&self.lora, &self.weight) {
-            (Some(lora), Some(w)) => Linear {
+        match (&self.lora, &self.weight, &self.host) {
+            (Some(lora), Some(w), _) => Linear {
                 weight: Some(Param::from_tensor((w.val() + lora.delta()).detach())),
                 lora: None,
                 ..self
             },
+            (Some(lora), None, Some(h)) => {
+                let (rows, cols) = (h.matrix.rows(), h.matrix.cols());
+                let delta = lora.delta().into_data().convert::<f32>();
+                let mut values = h.matrix.to_f32();
+                match delta.as_slice::<f32>() {
+                    Ok(d) => values.iter_mut().zip(d).for_each(|(v, d)| *v += d),
+                    Err(_) => unreachable!("f32 data after conversion to f32"),
+                }
+                let host = HostWeight {
+                    matrix: Arc::new(HostMatrix::f32(rows, cols, values)),
+                    bias: h.bias.clone(),
+                };
+                Linear {
+                    host: Some(host),
+                    lora: None,
+                    ..self
+                }
+            }
             _ => self,
+        }
+    }
+
+    /// The layer with a host weight turned into a backend parameter (f32 and int8/int4
+    /// values as f32, bf16 as bf16), the same values; other layers unchanged.
+    pub(crate) fn into_backend(self, device: &B::Device) -> Self {
+        match self.host {
+            Some(h) => Linear {
+                weight: Some(Param::from_tensor(Tensor::from_data(
+                    h.matrix.to_data(),
+                    device,
+                ))),
+                bias: h.bias.map(|b| {
+                    Param::from_tensor(Tensor::from_data(
+                        TensorData::new(b.to_vec(), [b.len()]),
+                        device,
+                    ))
+                }),
+                host: None,
+                lora: self.lora,
+            },
+            None => self,
         }
     }
 
@@ -178,11 +215,16 @@ impl<B: Backend> Linear<B> {
         }
     }
 
-    /// The host weight and bias, when this layer has them.
+    /// The host weight and bias, when this layer has them and no adapter (with one,
+    /// the layer runs through [`Linear::forward`]).
     fn host(&self) -> Option<(&HostMatrix, Option<&[f32]>)> {
-        self.host
-            .as_ref()
-            .map(|h| (h.matrix.as_ref(), h.bias.as_deref()))
+        match self.lora {
+            Some(_) => None,
+            None => self
+                .host
+                .as_ref()
+                .map(|h| (h.matrix.as_ref(), h.bias.as_deref())),
+        }
     }
 }
 

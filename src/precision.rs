@@ -96,8 +96,19 @@ impl FromStr for Dtype {
 /// How the large weight matrices (every linear layer and the tied embedding) are held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
 pub enum WeightFormat {
-    /// As backend tensors in the compute [`Dtype`]: any backend.
+    /// The fastest format that keeps the checkpoint's values: on a CPU backend with f32
+    /// compute and SIMD kernels (AVX2 + FMA or AVX-512), host weights in the
+    /// checkpoint's own precision ([`WeightFormat::Bf16`] for a bf16 checkpoint,
+    /// [`WeightFormat::F32`] for f32 and f16 ones, which widen exactly); `Backend`
+    /// everywhere else (GPUs, autodiff, half-precision compute, CPUs without SIMD
+    /// kernels). Resolved when the model loads: [`Model::weight_format`] never
+    /// reports `Auto`.
+    ///
+    /// [`Model::weight_format`]: crate::Model::weight_format
     #[default]
+    Auto,
+    /// As backend tensors in the compute [`Dtype`]: any backend; the reference path
+    /// (f32 compute matches transformers' float32 to 1e-4) and the one that trains.
     Backend,
     /// f32 in host memory, multiplied by this crate's CPU kernels (AVX-512 where the CPU
     /// has it): the same f32 arithmetic as `Backend` with f32, faster on such CPUs; an
@@ -118,9 +129,10 @@ pub enum WeightFormat {
 }
 
 impl WeightFormat {
-    /// The name used by the CLI: `backend`, `f32`, `bf16`, `int8` or `int4`.
+    /// The name used by the CLI: `auto`, `backend`, `f32`, `bf16`, `int8` or `int4`.
     pub fn name(self) -> &'static str {
         match self {
+            WeightFormat::Auto => "auto",
             WeightFormat::Backend => "backend",
             WeightFormat::F32 => "f32",
             WeightFormat::Bf16 => "bf16",
@@ -131,14 +143,37 @@ impl WeightFormat {
 
     /// Whether this CPU runs the format's host kernels with SIMD (AVX2 + FMA or
     /// AVX-512, at the level `PALIGEMMA_KERNELS` allows). Without it they fall back to
-    /// portable code. Always true for `Backend`.
+    /// portable code. Always true for `Backend` and `Auto` (which picks host weights
+    /// only where they are).
     pub fn accelerated(self) -> bool {
-        self == WeightFormat::Backend || crate::cpu::Isa::detect() > crate::cpu::Isa::Portable
+        matches!(self, WeightFormat::Backend | WeightFormat::Auto)
+            || crate::cpu::Isa::detect() > crate::cpu::Isa::Portable
     }
 
-    /// Whether the matrices live in host memory rather than backend tensors.
+    /// Whether the matrices live in host memory rather than backend tensors (`Auto`
+    /// is neither until it is resolved).
     pub fn is_host(self) -> bool {
-        self != WeightFormat::Backend
+        !matches!(self, WeightFormat::Backend | WeightFormat::Auto)
+    }
+
+    /// The format a model loaded with this one on backend `B` with `dtype` compute
+    /// uses, for a checkpoint whose matrices are stored in `stored`: `Auto` chosen as
+    /// documented there, any other format unchanged.
+    pub fn resolve<B: Backend>(self, dtype: Dtype, stored: Dtype) -> Result<WeightFormat> {
+        if self != WeightFormat::Auto {
+            return Ok(self);
+        }
+        if !crate::backend::is_cpu::<B>() || dtype != Dtype::F32 {
+            return Ok(WeightFormat::Backend);
+        }
+        // A level named in PALIGEMMA_KERNELS that this CPU lacks is still an error.
+        if crate::cpu::kernel_level()? == crate::cpu::Isa::Portable {
+            return Ok(WeightFormat::Backend);
+        }
+        Ok(match stored {
+            Dtype::Bf16 => WeightFormat::Bf16,
+            Dtype::F32 | Dtype::F16 => WeightFormat::F32,
+        })
     }
 
     /// An error unless this format can run with `dtype` on backend `B`: host formats
@@ -177,6 +212,7 @@ impl FromStr for WeightFormat {
 
     fn from_str(s: &str) -> Result<Self> {
         match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(WeightFormat::Auto),
             "backend" => Ok(WeightFormat::Backend),
             "f32" | "float32" => Ok(WeightFormat::F32),
             "bf16" | "bfloat16" => Ok(WeightFormat::Bf16),
@@ -185,7 +221,7 @@ impl FromStr for WeightFormat {
             _ => Err(Error::UnknownName {
                 kind: "weight format",
                 name: s.to_string(),
-                expected: "backend, f32, bf16, int8 or int4",
+                expected: "auto, backend, f32, bf16, int8 or int4",
             }),
         }
     }

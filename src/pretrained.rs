@@ -20,7 +20,8 @@ use crate::weights::WeightStore;
 pub struct LoadOptions {
     /// Compute dtype (default f32).
     pub dtype: Dtype,
-    /// How the large matrices are stored and multiplied (default: backend tensors).
+    /// How the large matrices are stored and multiplied (default: [`WeightFormat::Auto`],
+    /// host weights in the checkpoint's precision where this CPU has SIMD kernels).
     pub weights: WeightFormat,
 }
 
@@ -45,7 +46,9 @@ impl<B: Backend> Model<B> {
     ///
     /// Everything is validated before the model is returned: a missing file or tensor,
     /// a wrong shape or a config that is not PaliGemma is an error, never a partial model.
-    /// Computes in f32; see [`Model::from_pretrained_with`] for half precision.
+    /// Computes in f32, with the weights held as [`WeightFormat::Auto`] chooses (on a
+    /// CPU with AVX2 or AVX-512: in host memory, in the checkpoint's precision, through
+    /// the crate's kernels); see [`Model::from_pretrained_with`] for other choices.
     pub fn from_pretrained(dir: impl AsRef<Path>, device: &B::Device) -> Result<Self> {
         Self::from_pretrained_with(dir, device, &LoadOptions::default())
     }
@@ -135,11 +138,13 @@ impl<B: Backend> Model<B> {
             path: config_path,
             reason,
         })?;
-        let store = store.with_dtype(options.dtype).with_format(options.weights);
+        let stored = store.stored_dtype("language_model.model.embed_tokens.weight")?;
+        let format = options.weights.resolve::<B>(options.dtype, stored)?;
+        let store = store.with_dtype(options.dtype).with_format(format);
         let network = PaliGemma::load(&store, &config, tokenizer.image_id, device)?;
         let source = Source {
             origin,
-            dtype: store.stored_dtype("language_model.model.embed_tokens.weight")?,
+            dtype: stored,
         };
         Ok(Model::new(
             config,

@@ -8,12 +8,18 @@ mod common;
 
 use common::*;
 use image::DynamicImage;
-use paligemma::{Error, GenerateOptions, Model, backend::Cpu};
+use paligemma::{Error, GenerateOptions, LoadOptions, Model, WeightFormat, backend::Cpu};
 
 const TOL: f32 = 1e-4;
 
+/// Backend weights: the exact f32 path the transformers fixtures are held to.
 fn model(name: &str) -> Model<Cpu> {
-    Model::<Cpu>::from_pretrained(fixtures().join(name), &Default::default()).unwrap()
+    let options = LoadOptions {
+        weights: WeightFormat::Backend,
+        ..Default::default()
+    };
+    Model::<Cpu>::from_pretrained_with(fixtures().join(name), &Default::default(), &options)
+        .unwrap()
 }
 
 fn images(files: &serde_json::Value) -> Vec<DynamicImage> {

@@ -16,9 +16,14 @@ fn tensor_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data().convert::<f32>().into_vec::<f32>().unwrap()
 }
 
-/// Every stage of `name` against the reference, on backend `B`.
+/// Every stage of `name` against the reference, on backend `B` with backend weights
+/// (the reference path; host weights have their own tests below).
 fn check_model<B: Backend>(name: &str, device: &B::Device) {
-    check_model_with::<B>(name, &LoadOptions::default(), device);
+    let options = LoadOptions {
+        weights: WeightFormat::Backend,
+        ..Default::default()
+    };
+    check_model_with::<B>(name, &options, device);
 }
 
 /// [`check_model`] for a model loaded with `options` (f32 activations).
@@ -127,7 +132,9 @@ fn check_reduced<B: Backend>(
 ) {
     let model = Model::<B>::from_pretrained_with(fixtures().join(name), device, options).unwrap();
     assert_eq!(model.dtype(), options.dtype);
-    assert_eq!(model.weight_format(), options.weights);
+    if options.weights != WeightFormat::Auto {
+        assert_eq!(model.weight_format(), options.weights);
+    }
     let dtype = format!("{}/{} weights", options.dtype, options.weights);
     let tensors = expected_tensors(name);
     let meta = expected_json(name);
@@ -476,4 +483,120 @@ fn mask_encoder_rejects_bad_masks() {
         &Default::default(),
     );
     assert!(err.is_err());
+}
+
+/// The default weight format follows the checkpoint: host weights in its precision
+/// where this CPU has SIMD kernels (pg1-tiny stores f32, pg2-tiny bf16), backend
+/// tensors elsewhere and for half-precision compute; each passes its format's check.
+#[test]
+fn default_weights_follow_the_checkpoint() {
+    let device = Default::default();
+    let accelerated = WeightFormat::F32.accelerated();
+    for (name, host) in [
+        ("pg1-tiny", WeightFormat::F32),
+        ("pg2-tiny", WeightFormat::Bf16),
+    ] {
+        let model = Model::<Cpu>::from_pretrained(fixtures().join(name), &device).unwrap();
+        let expected = if accelerated {
+            host
+        } else {
+            WeightFormat::Backend
+        };
+        assert_eq!(model.weight_format(), expected, "{name}");
+        let half = LoadOptions {
+            dtype: Dtype::F16,
+            ..Default::default()
+        };
+        let model = Model::<Cpu>::from_pretrained_with(fixtures().join(name), &device, &half);
+        assert_eq!(model.unwrap().weight_format(), WeightFormat::Backend);
+    }
+    check_model_with::<Cpu>("pg1-tiny", &LoadOptions::default(), &device);
+    check_reduced::<Cpu>(
+        "pg2-tiny",
+        &LoadOptions::default(),
+        Dtype::Bf16,
+        2.0,
+        &device,
+    );
+}
+
+/// Prefill logits of the first parity case of `name`.
+fn first_case_logits(model: &Model<Cpu>, name: &str) -> Vec<f32> {
+    let meta = expected_json(name);
+    let (_, case) = meta["cases"].as_object().unwrap().iter().next().unwrap();
+    let image = open_image(case["image"].as_str().unwrap());
+    let ids = model.prompt_ids(case["prompt"].as_str().unwrap()).unwrap();
+    let features = model.image_features(model.pixel_values(&image).unwrap());
+    tensor_vec(model.forward_logits(&features, &ids).unwrap())
+}
+
+/// Host weights take PEFT adapters (run on the backend beside the host products) and
+/// merge them, with the logits of backend weights; a host model saves a checkpoint
+/// holding exactly the values it loaded.
+#[test]
+fn host_weights_take_adapters_and_save() {
+    let device = Default::default();
+    let load = |name: &str, weights| {
+        let options = LoadOptions {
+            weights,
+            ..Default::default()
+        };
+        Model::<Cpu>::from_pretrained_with(fixtures().join(name), &device, &options).unwrap()
+    };
+    for (name, host) in [
+        ("pg1-tiny", WeightFormat::F32),
+        ("pg2-tiny", WeightFormat::Bf16),
+    ] {
+        let adapter = fixtures().join(format!("lora-{name}"));
+        let reference = load(name, WeightFormat::Backend)
+            .with_lora_adapter(&adapter)
+            .unwrap();
+        let ours = load(name, host).with_lora_adapter(&adapter).unwrap();
+        assert!(ours.has_lora());
+        let (want, got) = (
+            first_case_logits(&reference, name),
+            first_case_logits(&ours, name),
+        );
+        // bf16 host weights round the activations to bf16: check_reduced's tolerance.
+        let precision = expected_json("precision");
+        let bf16 = &precision["models"][name]["bf16"]["max_abs_diff_vs_f32"];
+        let tol = match host {
+            WeightFormat::F32 => TOL,
+            _ => 2.0 * bf16.as_f64().unwrap() as f32,
+        };
+        let diff = max_abs_diff(&got, &want);
+        assert!(
+            diff < tol,
+            "{name}: {host} weights with an adapter differ by {diff}"
+        );
+        let merged = ours.merge_lora().unwrap();
+        assert!(!merged.has_lora());
+        let diff = max_abs_diff(&first_case_logits(&merged, name), &want);
+        assert!(
+            diff < tol,
+            "{name}: merged {host} adapter differs by {diff}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("copy");
+        load(name, host).save_pretrained(&out, None).unwrap();
+        let saved = Model::<Cpu>::from_pretrained_with(
+            &out,
+            &device,
+            &LoadOptions {
+                weights: WeightFormat::Backend,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            first_case_logits(&saved, name),
+            first_case_logits(&load(name, WeightFormat::Backend), name),
+            "{name}: a checkpoint saved from {host} weights holds other values"
+        );
+    }
+    let err = load("pg1-tiny", WeightFormat::Int8)
+        .save_pretrained(tempfile::tempdir().unwrap().path().join("q"), None)
+        .unwrap_err();
+    assert!(err.to_string().contains("int8"), "{err}");
 }

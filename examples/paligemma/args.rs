@@ -16,9 +16,11 @@ pub struct Cli {
     /// Compute dtype: f32, f16 (cpu, wgpu, cuda) or bf16 (cpu, cuda).
     #[arg(long, global = true, value_enum, ignore_case = true, default_value_t = DtypeArg::F32)]
     pub dtype: DtypeArg,
-    /// Weight matrices: backend (tensors in --dtype), or f32 / bf16 / int8 / int4 in host
-    /// memory multiplied by the crate's CPU kernels (CPU backends, --dtype f32).
-    #[arg(long, global = true, value_enum, ignore_case = true, default_value_t = WeightsArg::Backend)]
+    /// Weight matrices: auto (host weights in the checkpoint's precision on a CPU with
+    /// AVX2 or AVX-512 and --dtype f32, backend tensors elsewhere), backend (tensors in
+    /// --dtype), or f32 / bf16 / int8 / int4 in host memory multiplied by the crate's
+    /// CPU kernels (CPU backends, --dtype f32).
+    #[arg(long, global = true, value_enum, ignore_case = true, default_value_t = WeightsArg::Auto)]
     pub weights: WeightsArg,
     /// GPU backends: keep compiled kernels and autotune results in this directory
     /// (also PALIGEMMA_GPU_CACHE), so later processes start warm.
@@ -89,6 +91,8 @@ impl From<DtypeArg> for Dtype {
 /// `--weights`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum WeightsArg {
+    /// The fastest format that keeps the checkpoint's values.
+    Auto,
     /// Backend tensors in the compute dtype.
     Backend,
     /// f32 in host memory.
@@ -108,6 +112,7 @@ pub enum WeightsArg {
 impl From<WeightsArg> for WeightFormat {
     fn from(w: WeightsArg) -> Self {
         match w {
+            WeightsArg::Auto => WeightFormat::Auto,
             WeightsArg::Backend => WeightFormat::Backend,
             WeightsArg::F32 => WeightFormat::F32,
             WeightsArg::Bf16 => WeightFormat::Bf16,

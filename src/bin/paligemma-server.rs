@@ -29,8 +29,10 @@ struct Args {
     /// Compute dtype: f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     dtype: Dtype,
-    /// Weight matrices: backend, f32, bf16, int8 or int4 (host weights on CPU backends).
-    #[arg(long, default_value = "backend")]
+    /// Weight matrices: auto, backend, f32, bf16, int8 or int4 (host weights on CPU
+    /// backends; auto picks them in the checkpoint's precision where the CPU has SIMD
+    /// kernels).
+    #[arg(long, default_value = "auto")]
     weights: WeightFormat,
     /// The model name clients send; defaults to the checkpoint directory's name.
     #[arg(long)]

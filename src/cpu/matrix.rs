@@ -250,6 +250,31 @@ impl HostMatrix {
         }
     }
 
+    /// Every value widened to f32, row-major.
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        for (r, row) in out.chunks_mut(self.cols.max(1)).enumerate() {
+            self.row_into(r, row);
+        }
+        out
+    }
+
+    /// The values as tensor data `[rows, cols]`: bf16 as stored, the others in f32.
+    pub fn to_data(&self) -> burn::tensor::TensorData {
+        let shape = [self.rows, self.cols];
+        match &self.storage {
+            Storage::Bf16(h) => {
+                let values: Vec<half::bf16> = h
+                    .as_slice()
+                    .iter()
+                    .map(|&v| half::bf16::from_bits(v))
+                    .collect();
+                burn::tensor::TensorData::new(values, shape)
+            }
+            _ => burn::tensor::TensorData::new(self.to_f32(), shape),
+        }
+    }
+
     /// `x · Wᵀ (+ bias)` for `x` `[m, cols]` row-major; returns `[m, rows]` row-major.
     pub fn matmul_t(&self, x: &[f32], m: usize, bias: Option<&[f32]>) -> Vec<f32> {
         self.matmul_t_with(x, m, bias, Isa::detect())

@@ -16,7 +16,7 @@ use super::names::checkpoint_name;
 use crate::config::TextArch;
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::precision::Dtype;
+use crate::precision::{Dtype, WeightFormat};
 
 /// Files of a checkpoint directory that saving copies when the source has them.
 const COPIED: [&str; 8] = [
@@ -95,9 +95,13 @@ impl<B: Backend> Model<B> {
     /// ```
     pub fn save_pretrained(&self, dir: impl AsRef<Path>, dtype: Option<Dtype>) -> Result<()> {
         let dir = dir.as_ref();
-        if self.weight_format().is_host() {
+        if matches!(
+            self.weight_format(),
+            WeightFormat::Int8 | WeightFormat::Int4
+        ) {
             return Err(Error::Unsupported(format!(
-                "a model with {} host weights cannot be saved; load it with WeightFormat::Backend",
+                "a model with {} weights cannot be saved: they are a lossy copy of the \
+                 checkpoint; load it with WeightFormat::Auto, Backend, F32 or Bf16",
                 self.weight_format()
             )));
         }
@@ -140,7 +144,19 @@ impl<B: Backend> Model<B> {
             out: Vec::new(),
             error: None,
         };
-        self.network().visit(&mut collect);
+        // Host weights (f32 and bf16, the same values) are written through backend
+        // copies of the network's parameters.
+        match self.weight_format().is_host() {
+            true => {
+                let device = self.device();
+                let network = self
+                    .network()
+                    .clone()
+                    .map_linears(|l| l.into_backend(device));
+                network.visit(&mut collect);
+            }
+            false => self.network().visit(&mut collect),
+        }
         if let Some(e) = collect.error {
             return Err(e);
         }
