@@ -69,7 +69,8 @@ def warm_page_cache(model: Path):
 
 def ours_config(args, config):
     """Our CLI in one named configuration: a compute dtype (`f32`, `f16`, `bf16`) or
-    `f32-weights` / `bf16-weights` / `int8-weights` (f32 activations, host weights)."""
+    `f32-weights` / `bf16-weights` / `int8-weights` (f32 activations, host weights), or
+    `auto-weights` (the default: host weights in the checkpoint's precision on SIMD CPUs)."""
     if config.endswith("-weights"):
         return ours(args, dtype="f32", weights=config.removesuffix("-weights"))
     return ours(args, dtype=config)
@@ -179,7 +180,8 @@ def main():
     ap.add_argument("--cli", type=Path, default=CLI, help="the paligemma example binary")
     ap.add_argument("--ours", default="f32,f32-weights,bf16-weights,int8-weights,f16",
                     help="our configurations to time, comma-separated: a compute dtype (f32, f16, bf16), "
-                         "or bf16-weights / int8-weights (f32 activations, host bf16/int8 weight kernels)")
+                         "or bf16-weights / int8-weights (f32 activations, host bf16/int8 weight kernels), "
+                         "or auto-weights (the default format)")
     ap.add_argument("--against", type=Path, metavar="OLD_CLI",
                     help="no transformers: time --cli against another build of the CLI (before/after a change), "
                          "interleaved, --repeats times each")
