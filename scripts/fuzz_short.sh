@@ -8,7 +8,8 @@ seconds="${FUZZ_SECONDS:-60}"
 # Faster to build and run than AddressSanitizer; the crate has no unsafe code on these
 # paths that ASan would judge (use SANITIZER=address for the full check).
 sanitizer="${SANITIZER:-none}"
-# FUZZ_PROFILE=dev (what CI uses) builds without optimisation in a third of the time.
+# FUZZ_PROFILE=dev (what CI uses) builds without optimisation: much faster to build,
+# slower to run.
 profile=""
 [ "${FUZZ_PROFILE:-release}" = dev ] && profile="--dev"
 

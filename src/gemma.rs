@@ -241,13 +241,12 @@ impl<B: Backend> Decoder<B> {
     }
 
     /// The decoder with `f` applied to every linear layer, the tied embedding included.
-    pub(crate) fn map_linears(self, f: &mut impl FnMut(Linear<B>) -> Linear<B>) -> Self {
-        let embed = f(self.embed);
-        let decoder = Decoder { embed, ..self };
-        match decoder.try_map_projections(|_, _, l| Ok(f(l))) {
-            Ok(d) => d,
-            Err(_) => unreachable!("the map cannot fail"),
-        }
+    pub(crate) fn try_map_linears(
+        self,
+        f: &mut impl FnMut(Linear<B>) -> Result<Linear<B>>,
+    ) -> Result<Self> {
+        let embed = f(self.embed)?;
+        Decoder { embed, ..self }.try_map_projections(|_, _, l| f(l))
     }
 
     /// The compute dtype of weights and activations.

@@ -164,12 +164,9 @@ impl<B: Backend> Linear<B> {
             },
             (Some(lora), None, Some(h)) => {
                 let (rows, cols) = (h.matrix.rows(), h.matrix.cols());
-                let delta = lora.delta().into_data().convert::<f32>();
+                let (delta, _, _) = to_host(lora.delta());
                 let mut values = h.matrix.to_f32();
-                match delta.as_slice::<f32>() {
-                    Ok(d) => values.iter_mut().zip(d).for_each(|(v, d)| *v += d),
-                    Err(_) => unreachable!("f32 data after conversion to f32"),
-                }
+                values.iter_mut().zip(&delta).for_each(|(v, d)| *v += d);
                 let host = HostWeight {
                     matrix: Arc::new(HostMatrix::f32(rows, cols, values)),
                     bias: h.bias.clone(),
@@ -193,12 +190,9 @@ impl<B: Backend> Linear<B> {
                     h.matrix.to_data(),
                     device,
                 ))),
-                bias: h.bias.map(|b| {
-                    Param::from_tensor(Tensor::from_data(
-                        TensorData::new(b.to_vec(), [b.len()]),
-                        device,
-                    ))
-                }),
+                bias: h
+                    .bias
+                    .map(|b| Param::from_tensor(from_host(b.to_vec(), [b.len()], device))),
                 host: None,
                 lora: self.lora,
             },

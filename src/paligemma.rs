@@ -66,13 +66,16 @@ impl<B: Backend> PaliGemma<B> {
     }
 
     /// The network with `f` applied to every linear layer.
-    pub(crate) fn map_linears(self, mut f: impl FnMut(Linear<B>) -> Linear<B>) -> Self {
-        PaliGemma {
-            vision: self.vision.map_linears(&mut f),
-            projector: f(self.projector),
-            decoder: self.decoder.map_linears(&mut f),
+    pub(crate) fn try_map_linears(
+        self,
+        mut f: impl FnMut(Linear<B>) -> Result<Linear<B>>,
+    ) -> Result<Self> {
+        Ok(PaliGemma {
+            vision: self.vision.try_map_linears(&mut f)?,
+            projector: f(self.projector)?,
+            decoder: self.decoder.try_map_linears(&mut f)?,
             ..self
-        }
+        })
     }
 
     /// The network with its decoder replaced by `f(decoder)`.

@@ -85,25 +85,30 @@ impl<B: Backend> VisionTower<B> {
     }
 
     /// The tower with `f` applied to every linear layer.
-    pub(crate) fn map_linears(self, f: &mut impl FnMut(Linear<B>) -> Linear<B>) -> Self {
+    pub(crate) fn try_map_linears(
+        self,
+        f: &mut impl FnMut(Linear<B>) -> Result<Linear<B>>,
+    ) -> Result<Self> {
         let layers = self
             .layers
             .into_iter()
-            .map(|l| EncoderLayer {
-                q: f(l.q),
-                k: f(l.k),
-                v: f(l.v),
-                out: f(l.out),
-                fc1: f(l.fc1),
-                fc2: f(l.fc2),
-                ..l
+            .map(|l| {
+                Ok(EncoderLayer {
+                    q: f(l.q)?,
+                    k: f(l.k)?,
+                    v: f(l.v)?,
+                    out: f(l.out)?,
+                    fc1: f(l.fc1)?,
+                    fc2: f(l.fc2)?,
+                    ..l
+                })
             })
-            .collect();
-        VisionTower {
-            patch_embed: f(self.patch_embed),
+            .collect::<Result<Vec<_>>>()?;
+        Ok(VisionTower {
+            patch_embed: f(self.patch_embed)?,
             layers,
             ..self
-        }
+        })
     }
 
     /// Encode normalised pixels `[batch, 3, size, size]` into `[batch, patches, hidden]`.

@@ -145,18 +145,13 @@ impl<B: Backend> Model<B> {
             error: None,
         };
         // Host weights (f32 and bf16, the same values) are written through backend
-        // copies of the network's parameters.
-        match self.weight_format().is_host() {
-            true => {
-                let device = self.device();
-                let network = self
-                    .network()
-                    .clone()
-                    .map_linears(|l| l.into_backend(device));
-                network.visit(&mut collect);
-            }
-            false => self.network().visit(&mut collect),
-        }
+        // copies; backend layers pass through unchanged.
+        let device = self.device();
+        let network = self
+            .network()
+            .clone()
+            .try_map_linears(|l| Ok(l.into_backend(device)))?;
+        network.visit(&mut collect);
         if let Some(e) = collect.error {
             return Err(e);
         }
