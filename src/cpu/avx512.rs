@@ -305,3 +305,48 @@ pub(super) unsafe fn dot4_i4_bf16(
         }
     }
 }
+
+/// Whether `vdpbf16ps` multiplies faster than f32 FMAs on this core, from the time of
+/// the same number of each, 24 independent accumulators at a time (enough to hide
+/// either's latency). One `vdpbf16ps` does twice an FMA's products, but cores differ
+/// in how fast they issue it against FMAs (docs/benchmarks.md has two that differ
+/// fourfold), so the packed prompt products take whichever is faster here. Best of
+/// several short runs, so a preempted run does not decide.
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub(super) unsafe fn dots_outpace_fma() -> bool {
+    // SAFETY: the caller guarantees AVX-512 F and BF16; nothing is read or written
+    // but locals.
+    unsafe {
+        const ROUNDS: usize = 2048;
+        let ones = _mm512_set1_ps(1.0);
+        let (mut dots, mut fmas) = (f64::INFINITY, f64::INFINITY);
+        for _ in 0..7 {
+            let pair: __m512bh =
+                std::mem::transmute(std::hint::black_box(_mm512_set1_epi32(0x3c00_3c00)));
+            let mut acc: [__m512; 24] = std::array::from_fn(|i| _mm512_set1_ps(i as f32));
+            let t = std::time::Instant::now();
+            for _ in 0..ROUNDS {
+                for a in acc.iter_mut() {
+                    *a = _mm512_dpbf16_ps(*a, pair, pair);
+                }
+            }
+            std::hint::black_box(acc);
+            dots = dots.min(t.elapsed().as_secs_f64());
+
+            let x = std::hint::black_box(ones);
+            let mut acc: [__m512; 24] = std::array::from_fn(|i| _mm512_set1_ps(i as f32));
+            let t = std::time::Instant::now();
+            for _ in 0..ROUNDS {
+                for a in acc.iter_mut() {
+                    *a = _mm512_fmadd_ps(x, x, *a);
+                }
+            }
+            std::hint::black_box(acc);
+            fmas = fmas.min(t.elapsed().as_secs_f64());
+        }
+        // Products per second: 32 per dot-product instruction, 16 per FMA. The f32 path
+        // also widens weights and moves twice the activation bytes, so the dot products
+        // keep the prompts unless they fall clearly behind.
+        32.0 / dots >= 0.8 * 16.0 / fmas
+    }
+}

@@ -23,7 +23,8 @@ pub(crate) enum Isa {
     /// AVX-512 F, BW and VL: the same kernels on 16 lanes.
     #[cfg(target_arch = "x86_64")]
     Avx512,
-    /// AVX-512 with BF16 dot products for the bf16 and int8 products.
+    /// AVX-512 with BF16 dot products for the bf16 and int8 products: always for decode
+    /// steps, for prompts where they outpace f32 FMAs on this CPU (`packed_dots`).
     #[cfg(target_arch = "x86_64")]
     Avx512Bf16,
 }
@@ -188,6 +189,21 @@ impl Isa {
             }
         }
     }
+}
+
+/// Whether prompt products (more than `STREAM_ROWS` activation rows) of bf16 and int8
+/// weights at `isa` use `vdpbf16ps` (`Isa::Avx512Bf16` only) rather than the f32 tile
+/// with the weights widened, as the AVX-512 level multiplies: measured once per
+/// process on this CPU.
+pub(super) fn packed_dots(isa: Isa) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Bf16 {
+        static PAY: OnceLock<bool> = OnceLock::new();
+        // SAFETY: a level is only chosen when the CPU has its features.
+        return *PAY.get_or_init(|| unsafe { super::avx512::dots_outpace_fma() });
+    }
+    let _ = isa;
+    false
 }
 
 fn chosen() -> &'static std::result::Result<Isa, String> {

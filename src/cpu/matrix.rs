@@ -277,16 +277,26 @@ impl HostMatrix {
 
     /// `x · Wᵀ (+ bias)` for `x` `[m, cols]` row-major; returns `[m, rows]` row-major.
     pub fn matmul_t(&self, x: &[f32], m: usize, bias: Option<&[f32]>) -> Vec<f32> {
-        self.matmul_t_with(x, m, bias, Isa::detect())
+        let isa = Isa::detect();
+        self.matmul_t_with(x, m, bias, isa, super::isa::packed_dots(isa))
     }
 
-    fn matmul_t_with(&self, x: &[f32], m: usize, bias: Option<&[f32]>, isa: Isa) -> Vec<f32> {
+    /// `matmul_t` at `isa`; `packed_dots`: prompt products of bf16 and int8 weights
+    /// through `vdpbf16ps` (`Isa::Avx512Bf16` only, see `isa::packed_dots`).
+    fn matmul_t_with(
+        &self,
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        isa: Isa,
+        packed_dots: bool,
+    ) -> Vec<f32> {
         let (n, k) = (self.rows, self.cols);
         debug_assert_eq!(x.len(), m * k);
         // Computed as `[n, m]` so parallel tasks own disjoint output rows.
         let mut out_t = vec![0f32; n * m];
         if m > 0 && n > 0 {
-            self.product(x, m, isa, &mut out_t);
+            self.product(x, m, isa, packed_dots, &mut out_t);
         }
         let mut out = if m == 1 {
             out_t
@@ -306,13 +316,15 @@ impl HostMatrix {
     /// `out_t = W · xᵀ` (`[rows, m]`) by the kernels of `isa` for this format and row
     /// count. bf16 and int8 products see the activations rounded to bf16 at every row
     /// count, so a row's result does not depend on how many rows share the product.
-    fn product(&self, x: &[f32], m: usize, isa: Isa, out_t: &mut [f32]) {
+    fn product(&self, x: &[f32], m: usize, isa: Isa, packed_dots: bool, out_t: &mut [f32]) {
         let k = self.cols;
         let stream = m <= STREAM_ROWS;
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = packed_dots;
         #[cfg(target_arch = "x86_64")]
         if isa == Isa::Avx512Bf16 {
             match &self.storage {
-                Storage::Bf16(h) => {
+                Storage::Bf16(h) if stream || packed_dots => {
                     let a = Operand::new(x, m, k);
                     let h = h.as_slice();
                     row_blocks::<u16>(out_t, m, |r0, rows, _, out| {
@@ -320,7 +332,7 @@ impl HostMatrix {
                     });
                     return;
                 }
-                Storage::Int8 { q, scale } if !stream => {
+                Storage::Int8 { q, scale } if !stream && packed_dots => {
                     let a = Operand::new(x, m, k);
                     row_blocks(out_t, m, |r0, rows, scratch, out| {
                         int8_block(&a, m, &q[r0 * k..(r0 + rows) * k], k, scratch, out);

@@ -45,6 +45,21 @@ fn isas() -> Vec<Isa> {
     levels.into_iter().filter(|&l| l <= Isa::best()).collect()
 }
 
+/// Every level with every route its prompt products can take: at AVX-512 BF16 both
+/// the `vdpbf16ps` products and the f32 tile, whichever this CPU would choose.
+fn routes() -> Vec<(Isa, bool)> {
+    isas()
+        .into_iter()
+        .flat_map(|isa| {
+            #[cfg(target_arch = "x86_64")]
+            if isa == Isa::Avx512Bf16 {
+                return vec![(isa, false), (isa, true)];
+            }
+            vec![(isa, false)]
+        })
+        .collect()
+}
+
 fn assert_close(got: &[f32], want: &[f64], k: usize, what: &str) {
     // f32 accumulation of k products of magnitude <= 1.
     let tol = 1e-6 * k as f64 + 1e-6;
@@ -63,16 +78,21 @@ fn check_unbiased(
     x: &[f32],
     wr: &[f64],
     (m, n, k): (usize, usize, usize),
-    isa: Isa,
+    (isa, dots): (Isa, bool),
     what: &str,
 ) {
     let xr: Vec<f64> = x
         .iter()
         .map(|&v| f64::from(from_bf16(to_bf16(v))))
         .collect();
-    let got = mat.matmul_t_with(x, m, None, isa);
+    let got = mat.matmul_t_with(x, m, None, isa, dots);
     let want = reference(&xr, wr, &vec![0f32; n], m, n, k);
-    assert_close(&got, &want, k, &format!("{what} {isa:?} {m}x{n}x{k}"));
+    assert_close(
+        &got,
+        &want,
+        k,
+        &format!("{what} {isa:?} dots {dots} {m}x{n}x{k}"),
+    );
 }
 
 // Shapes cover k tails (not a multiple of 32 or 16, odd), row remainders (m, n not
@@ -90,43 +110,53 @@ const SHAPES: [(usize, usize, usize); 7] = [
 
 #[test]
 fn bf16_product_matches_reference() {
-    for isa in isas() {
+    for (isa, dots) in routes() {
         for &(m, n, k) in &SHAPES {
             let x = values(m * k, 1);
             let w: Vec<u16> = values(n * k, 2).into_iter().map(to_bf16).collect();
             let bias = values(n, 3);
             let mat = HostMatrix::bf16(n, k, w.clone());
-            let got = mat.matmul_t_with(&x, m, Some(&bias), isa);
+            let got = mat.matmul_t_with(&x, m, Some(&bias), isa, dots);
             let xr: Vec<f64> = x
                 .iter()
                 .map(|&v| f64::from(from_bf16(to_bf16(v))))
                 .collect();
             let wr: Vec<f64> = w.iter().map(|&v| f64::from(from_bf16(v))).collect();
             let want = reference(&xr, &wr, &bias, m, n, k);
-            assert_close(&got, &want, k, &format!("bf16 {isa:?} {m}x{n}x{k}"));
+            assert_close(
+                &got,
+                &want,
+                k,
+                &format!("bf16 {isa:?} dots {dots} {m}x{n}x{k}"),
+            );
         }
     }
 }
 
 #[test]
 fn f32_product_matches_reference() {
-    for isa in isas() {
+    for (isa, dots) in routes() {
         for &(m, n, k) in &SHAPES {
             let x = values(m * k, 7);
             let w = values(n * k, 8);
             let bias = values(n, 9);
-            let got = HostMatrix::f32(n, k, w.clone()).matmul_t_with(&x, m, Some(&bias), isa);
+            let got = HostMatrix::f32(n, k, w.clone()).matmul_t_with(&x, m, Some(&bias), isa, dots);
             let xr: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
             let wr: Vec<f64> = w.iter().map(|&v| f64::from(v)).collect();
             let want = reference(&xr, &wr, &bias, m, n, k);
-            assert_close(&got, &want, k, &format!("f32 {isa:?} {m}x{n}x{k}"));
+            assert_close(
+                &got,
+                &want,
+                k,
+                &format!("f32 {isa:?} dots {dots} {m}x{n}x{k}"),
+            );
         }
     }
 }
 
 #[test]
 fn int8_product_matches_reference() {
-    for isa in isas() {
+    for (isa, dots) in routes() {
         for &(m, n, k) in &SHAPES {
             let x = values(m * k, 4);
             let w = values(n * k, 5);
@@ -145,14 +175,14 @@ fn int8_product_matches_reference() {
                 .map(|i| f64::from(q[i]) * f64::from(scale[i / k]))
                 .collect();
             // Every product sees the activations in bf16, streaming rows included.
-            check_unbiased(&mat, &x, &wr, (m, n, k), isa, "int8");
+            check_unbiased(&mat, &x, &wr, (m, n, k), (isa, dots), "int8");
         }
     }
 }
 
 #[test]
 fn int4_product_matches_reference() {
-    for isa in isas() {
+    for (isa, dots) in routes() {
         for &(m, n, k) in &SHAPES {
             let x = values(m * k, 11);
             let w = values(n * k, 12);
@@ -173,7 +203,7 @@ fn int4_product_matches_reference() {
                 }
                 wr.extend(back.iter().map(|&v| f64::from(v)));
             }
-            check_unbiased(&mat, &x, &wr, (m, n, k), isa, "int4");
+            check_unbiased(&mat, &x, &wr, (m, n, k), (isa, dots), "int4");
         }
     }
 }
