@@ -5,6 +5,7 @@
 use std::sync::OnceLock;
 
 use super::kernels::{Element, OuterTile, portable};
+use super::quantize::INT4_GROUP;
 #[cfg(target_arch = "x86_64")]
 use super::kernels::{avx2, avx512};
 use crate::{Error, Result};
@@ -164,6 +165,20 @@ impl Isa {
                 Isa::Avx2 => avx2::dot4(w, k, rows, x, dots),
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx512 | Isa::Avx512Bf16 => avx512::dot4(w, k, rows, x, dots),
+            }
+        }
+    }
+
+    /// One int4 group widened and scaled at this level (`kernels::dequantize_i4_group`).
+    pub(super) fn dequantize_i4_group(self, q: &[u8], scale: f32, out: &mut [f32; INT4_GROUP]) {
+        // SAFETY: as in `outer_f32`.
+        unsafe {
+            match self {
+                Isa::Portable => portable::dequantize_i4_group(q, scale, out),
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => avx2::dequantize_i4_group(q, scale, out),
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 | Isa::Avx512Bf16 => avx512::dequantize_i4_group(q, scale, out),
             }
         }
     }

@@ -146,6 +146,24 @@ unsafe fn dot4_i4<S: Simd>(
     }
 }
 
+/// The 32 weights of one int4 group (16 bytes at `q`, `quantize_row_i4`'s layout: low
+/// nibbles are weights 0..16, high nibbles 16..32) times the group's `scale`.
+#[inline(always)]
+unsafe fn dequantize_i4_group<S: Simd>(q: &[u8], scale: f32, out: &mut [f32; INT4_GROUP]) {
+    const HALF: usize = INT4_GROUP / 2;
+    assert!(q.len() >= HALF && S::LANES <= HALF);
+    // SAFETY: each step reads `LANES` of the 16 asserted bytes and writes `LANES`
+    // values inside each half of `out`.
+    unsafe {
+        let s = S::splat(scale);
+        for o in (0..HALF).step_by(S::LANES) {
+            let (lo, hi) = S::load_nibbles(q.as_ptr().add(o));
+            S::store(out.as_mut_ptr().add(o), S::mul_add(lo, s, S::zero()));
+            S::store(out.as_mut_ptr().add(HALF + o), S::mul_add(hi, s, S::zero()));
+        }
+    }
+}
+
 /// One call of the f32 outer-product tile (`outer_f32`): activation groups `g0..g0 +
 /// nv` of the packed operand `a` (`k` columns), columns `c0..c0 + nc`, `nr` ≤ 6 weight
 /// rows of `w` (`ldw` apart), output rows `m` apart from activation row `i0`, added to
@@ -305,6 +323,21 @@ macro_rules! level {
             ) {
                 // SAFETY: forwarded from the caller.
                 unsafe { super::dot4::<$simd, T>(w, k, rows, x, dots) }
+            }
+
+            /// `dequantize_i4_group` on this level.
+            ///
+            /// # Safety
+            ///
+            /// The CPU must have this level's features.
+            $(#[target_feature(enable = $features)])?
+            pub(in crate::cpu) unsafe fn dequantize_i4_group(
+                q: &[u8],
+                scale: f32,
+                out: &mut [f32; INT4_GROUP],
+            ) {
+                // SAFETY: forwarded from the caller.
+                unsafe { super::dequantize_i4_group::<$simd>(q, scale, out) }
             }
 
             /// `dot4_i4` on this level.

@@ -92,15 +92,12 @@ pub(super) fn quantize_row_i4(w: &[f32], q: &mut [u8], scale: &mut [f32]) {
 /// group's scale, appended to `out`.
 pub(super) fn dequantize_i4(q: &[u8], scale: &[f32], c0: usize, n: usize, out: &mut Vec<f32>) {
     const HALF: usize = INT4_GROUP / 2;
+    let isa = Isa::detect();
     let mut c = c0;
     while c < c0 + n {
         let g = c / INT4_GROUP;
-        let bytes = &q[g * HALF..(g + 1) * HALF];
         let mut group = [0f32; INT4_GROUP];
-        for (j, &b) in bytes.iter().enumerate() {
-            group[j] = (f32::from(b & 15) - 8.0) * scale[g];
-            group[j + HALF] = (f32::from(b >> 4) - 8.0) * scale[g];
-        }
+        isa.dequantize_i4_group(&q[g * HALF..(g + 1) * HALF], scale[g], &mut group);
         let from = c - g * INT4_GROUP;
         let to = (c0 + n - g * INT4_GROUP).min(INT4_GROUP);
         out.extend_from_slice(&group[from..to]);
