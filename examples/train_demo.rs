@@ -7,9 +7,11 @@
 //! Writes the untrained checkpoint (`paligemma::demo::recipe`), then trains every
 //! weight with AdamW on a stream of scenes and questions drawn from the training seeds
 //! (`paligemma::demo::training_example`), and saves the result in bf16 beside a
-//! learning curve (`docs/demo-curve.csv`). With `--resume DIR --start-step N` a run continues an
-//! earlier one (the optimiser's moments start again; the data stream and the schedule
-//! go on from step N).
+//! learning curve (`docs/demo-curve.csv`), and AdamW's state beside it (`DIR.optimizer`,
+//! not part of the checkpoint). With `--resume DIR --start-step N` a run continues an
+//! earlier one: the optimiser's moments from `DIR.optimizer` when it is there (the
+//! weights were rounded to bf16 on saving), the data stream and the schedule from step
+//! N.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -105,6 +107,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let model = Model::<Train>::from_pretrained(&start_dir, &device)?;
     let mut trainer = Trainer::new(model, Method::Full, Optimizer::adamw())?.with_clip_norm(1.0);
+    // AdamW's moments from the run that saved `--resume`, when it left them.
+    let state = |dir: &std::path::Path| dir.with_extension("optimizer");
+    if let Some(dir) = &args.resume
+        && state(dir).is_file()
+    {
+        trainer = trainer.load_optimizer_state(state(dir))?;
+    }
     let mut curve = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -153,6 +162,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let out_of_time = args.minutes.is_some_and(|m| seconds > m * 60.0);
         if (step + 1) % args.save_every == 0 || step + 1 == args.steps || out_of_time {
             save(&trainer.model()?.valid(), &args.out)?;
+            trainer.save_optimizer_state(state(&args.out))?;
             eprintln!("saved step {} to {}", step + 1, args.out.display());
         }
         if out_of_time {

@@ -190,8 +190,9 @@ def main():
     ap.add_argument("--timeout", type=float, default=240, help="seconds per run in --gpu mode")
     ap.add_argument("--isa", choices=["portable", "avx2", "avx512", "avx512bf16"],
                     help="cap both sides to one instruction set: PALIGEMMA_KERNELS for ours, "
-                         "ATEN_CPU_CAPABILITY and ONEDNN_MAX_CPU_ISA for torch (portable: torch's "
-                         "default build, SSE4.2 at most)")
+                         "ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA and MKL_ENABLE_INSTRUCTIONS (torch's "
+                         "float32 matmul on Intel CPUs) for torch (portable: torch's default build, "
+                         "SSE4.2 at most)")
     ap.add_argument("--hf-device", default="cpu", help=argparse.SUPPRESS)
     ap.add_argument("--warmup", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -200,10 +201,12 @@ def main():
     if args.isa:
         # Children inherit these: every run of both systems is capped alike.
         os.environ["PALIGEMMA_KERNELS"] = args.isa
-        aten, onednn = {"portable": ("default", "SSE41"), "avx2": ("avx2", "AVX2"),
-                        "avx512": ("avx512", "AVX512_CORE"), "avx512bf16": ("avx512", "AVX512_CORE_BF16")}[args.isa]
+        aten, onednn, mkl = {"portable": ("default", "SSE41", "SSE4_2"), "avx2": ("avx2", "AVX2", "AVX2"),
+                             "avx512": ("avx512", "AVX512_CORE", "AVX512"),
+                             "avx512bf16": ("avx512", "AVX512_CORE_BF16", "AVX512")}[args.isa]
         os.environ["ATEN_CPU_CAPABILITY"] = aten
         os.environ["ONEDNN_MAX_CPU_ISA"] = onednn
+        os.environ["MKL_ENABLE_INSTRUCTIONS"] = mkl
     if not args.cli.exists():
         sys.exit("build the CLI first: cargo build --release --example paligemma")
     if args.gpu:
@@ -244,7 +247,8 @@ def main():
     ours_r = results[f"ours ({dtypes[0]})"]
     same = ", ".join(f"ours {d}: {results[f'ours ({d})']['generated_ids'] == base32['generated_ids']}" for d in dtypes)
     capped = (f" Instruction sets capped to {args.isa}: PALIGEMMA_KERNELS={args.isa}, ATEN_CPU_CAPABILITY="
-              f"{os.environ['ATEN_CPU_CAPABILITY']}, ONEDNN_MAX_CPU_ISA={os.environ['ONEDNN_MAX_CPU_ISA']}."
+              f"{os.environ['ATEN_CPU_CAPABILITY']}, ONEDNN_MAX_CPU_ISA={os.environ['ONEDNN_MAX_CPU_ISA']}, "
+              f"MKL_ENABLE_INSTRUCTIONS={os.environ['MKL_ENABLE_INSTRUCTIONS']}."
               if args.isa else "")
     header = (f"Machine: {cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}, transformers "
               f"{transformers.__version__}, torch threads = {os.cpu_count()}.{capped}\n"

@@ -114,6 +114,14 @@ pub enum Error {
         /// The accepted names.
         expected: &'static str,
     },
+    /// A saved optimiser state that does not fit the trainer resuming from it.
+    #[error("invalid optimiser state {path}: {reason}")]
+    OptimizerState {
+        /// The state file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// The backend failed while running (reading a result back, for example).
     #[error("backend: {0}")]
     Backend(String),

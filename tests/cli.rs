@@ -270,3 +270,51 @@ fn kernel_level_is_forced_or_refused() {
     let backend = run_with_env(&args("backend"), &[("PALIGEMMA_KERNELS", "avx9000")]).unwrap();
     assert!(backend.status.success());
 }
+
+/// `finetune --save-optimizer` then `finetune --resume-optimizer --start-step` from
+/// the saved checkpoint gives the losses of the uninterrupted run.
+#[test]
+fn finetune_resumes_from_its_saved_optimizer_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data.jsonl");
+    let line = |img: &str, suffix: &str| {
+        serde_json::json!({"image": image(img), "prefix": "caption en", "suffix": suffix}).to_string()
+    };
+    let lines = [line("photo.png", "a photo"), line("gray.png", "gray")];
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    let data = data.display().to_string();
+    let finetune = |model: &str, out: &str, extra: &[&str]| -> Option<Vec<f32>> {
+        let out = tmp.path().join(out).display().to_string();
+        let mut args = vec![
+            "finetune", "--model", model, "--data", &data, "--out", &out, "--method",
+            "attention", "--lr", "3e-3", "--seed", "5", "--json",
+        ];
+        args.extend_from_slice(extra);
+        let output = run(&args)?;
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let losses = stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v.get("step").and(v["loss"].as_f64()))
+            .map(|l| l as f32)
+            .collect();
+        Some(losses)
+    };
+    let m = model();
+    let Some(whole) = finetune(&m, "whole", &["--steps", "4"]) else {
+        return;
+    };
+    let first = finetune(&m, "first", &["--steps", "2", "--save-optimizer"]).unwrap();
+    assert_eq!(first, whole[..2], "the same first two steps");
+    let saved = tmp.path().join("first");
+    assert!(saved.join("optimizer.mpk").is_file() && saved.join("model.safetensors").is_file());
+    let state = saved.join("optimizer.mpk").display().to_string();
+    let saved = saved.display().to_string();
+    let rest = ["--steps", "4", "--start-step", "2", "--resume-optimizer", &state];
+    let second = finetune(&saved, "second", &rest).unwrap();
+    assert_eq!(second.len(), 2);
+    for (got, want) in second.iter().zip(&whole[2..]) {
+        assert!((got - want).abs() <= 1e-5 * want.abs(), "{second:?} vs {whole:?}");
+    }
+}

@@ -499,3 +499,83 @@ fn frozen_vision_tower_gets_no_gradient() {
     );
     assert!(names.iter().any(|n| n.contains("self_attn.q_proj")));
 }
+
+/// A run stopped after two steps and resumed in a fresh trainer from the saved model
+/// and optimiser state continues exactly as the uninterrupted run (AdamW moments and
+/// step count, SGD momentum); without the state it does not. Mismatched states are
+/// refused with the file named.
+#[test]
+fn optimizer_state_resumes_a_run_by_parameter_name() {
+    let meta = expected_json("train-pg1-tiny");
+    let sgd = Optimizer::Sgd {
+        momentum: 0.9,
+        weight_decay: 0.0,
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, (optimizer, lr)) in [(Optimizer::adamw(), 2e-3), (sgd, 3e-2)].into_iter().enumerate() {
+        let model = load("pg1-tiny");
+        let b = batch(&model, &meta);
+        let mut whole = Trainer::new(model, Method::Full, optimizer).unwrap();
+        let straight: Vec<f32> = (0..4).map(|_| whole.step(&b, lr).unwrap()).collect();
+
+        let mut first = Trainer::new(load("pg1-tiny"), Method::Full, optimizer).unwrap();
+        for _ in 0..2 {
+            first.step(&b, lr).unwrap();
+        }
+        let dir = tmp.path().join(format!("run-{i}"));
+        let state = tmp.path().join(format!("run-{i}.optimizer"));
+        first.model().unwrap().save_pretrained(&dir, None).unwrap();
+        first.save_optimizer_state(&state).unwrap();
+        let reload = || Model::<Ad>::from_pretrained(&dir, &Default::default()).unwrap();
+
+        let mut resumed = Trainer::new(reload(), Method::Full, optimizer)
+            .unwrap()
+            .load_optimizer_state(&state)
+            .unwrap();
+        let tail: Vec<f32> = (0..2).map(|_| resumed.step(&b, lr).unwrap()).collect();
+        for (got, want) in tail.iter().zip(&straight[2..]) {
+            assert!(
+                (got - want).abs() <= 1e-5 * want.abs(),
+                "{optimizer:?}: resumed loss {got} vs {want} uninterrupted ({straight:?})"
+            );
+        }
+        let mut fresh = Trainer::new(reload(), Method::Full, optimizer).unwrap();
+        let restarted: Vec<f32> = (0..2).map(|_| fresh.step(&b, lr).unwrap()).collect();
+        assert!(
+            (restarted[1] - straight[3]).abs() > 1e-4 * straight[3].abs(),
+            "{optimizer:?}: a fresh optimiser gave the same loss ({} vs {})",
+            restarted[1],
+            straight[3]
+        );
+    }
+
+    // The other optimiser's state, another model's, and a file that is no state.
+    let adamw_state = tmp.path().join("run-0.optimizer");
+    let err = Trainer::new(load("pg1-tiny"), Method::Full, sgd)
+        .unwrap()
+        .load_optimizer_state(&adamw_state)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("run-0.optimizer") && err.contains("adamw") && err.contains("sgd"),
+        "{err}"
+    );
+    let other = Model::<Ad>::from_pretrained(fixtures().join("pg2-tiny"), &Default::default()).unwrap();
+    let err = Trainer::new(other, Method::Full, Optimizer::adamw())
+        .unwrap()
+        .load_optimizer_state(&adamw_state)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("lacks") || err.contains("shape"), "{err}");
+    let junk = tmp.path().join("junk.optimizer");
+    std::fs::write(&junk, b"not a state").unwrap();
+    let err = Trainer::new(load("pg1-tiny"), Method::Full, Optimizer::adamw())
+        .unwrap()
+        .load_optimizer_state(&junk)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("junk.optimizer"), "{err}");
+}

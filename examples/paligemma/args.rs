@@ -426,6 +426,18 @@ pub struct FinetuneArgs {
     /// Held-out data: its loss is reported after training.
     #[arg(long)]
     pub eval: Option<PathBuf>,
+    /// Also write the optimiser's state (AdamW's moments, SGD's momentum) to
+    /// OUT/optimizer.mpk, to resume from OUT later (--resume-optimizer, --start-step).
+    #[arg(long)]
+    pub save_optimizer: bool,
+    /// Continue from an optimiser state saved with --save-optimizer (pass the
+    /// checkpoint saved with it as --model).
+    #[arg(long)]
+    pub resume_optimizer: Option<PathBuf>,
+    /// The step this run starts at, of --steps (or --epochs) in all: the schedule and
+    /// the data order continue from there (with --resume-optimizer).
+    #[arg(long, default_value_t = 0)]
+    pub start_step: usize,
     /// One JSON line per step, then a summary line.
     #[arg(long)]
     pub json: bool,

@@ -223,6 +223,13 @@ pub fn finetune<B: AutodiffBackend>(args: &FinetuneArgs, device: &B::Device) -> 
     if args.out.exists() {
         return Err(format!("{} already exists", args.out.display()).into());
     }
+    if matches!(args.method, MethodArg::Lora) && (args.save_optimizer || args.resume_optimizer.is_some()) {
+        // OUT holds the merged weights: a resumed run would start fresh adapters.
+        return Err("--save-optimizer and --resume-optimizer work with --method full or \
+                    attention; resume LoRA runs from the library (Model::with_lora_adapter, \
+                    Trainer::load_optimizer_state)"
+            .into());
+    }
     let optimizer = match args.optimizer {
         OptimizerArg::Sgd => Optimizer::Sgd {
             momentum: args.momentum,
@@ -267,6 +274,16 @@ pub fn finetune<B: AutodiffBackend>(args: &FinetuneArgs, device: &B::Device) -> 
     if args.freeze_vision {
         trainer = trainer.with_frozen_vision()?;
     }
+    if let Some(state) = &args.resume_optimizer {
+        trainer = trainer.load_optimizer_state(state)?;
+    }
+    if args.start_step >= steps {
+        return Err(format!(
+            "--start-step {} leaves nothing to do of {steps} steps",
+            args.start_step
+        )
+        .into());
+    }
     let start = Instant::now();
     // Every epoch's example order, concatenated as far as the steps need.
     let per_step = batch_size * accum;
@@ -280,7 +297,8 @@ pub fn finetune<B: AutodiffBackend>(args: &FinetuneArgs, device: &B::Device) -> 
         order.extend(this);
         epoch += 1;
     }
-    for (i, chunk) in order.chunks(per_step).take(steps).enumerate() {
+    let todo = order.chunks(per_step).take(steps).enumerate();
+    for (i, chunk) in todo.skip(args.start_step) {
         let step_start = Instant::now();
         let batches = chunk
             .chunks(batch_size)
@@ -302,10 +320,20 @@ pub fn finetune<B: AutodiffBackend>(args: &FinetuneArgs, device: &B::Device) -> 
             };
             println!("{}", serde_json::to_string(&line)?);
         } else {
-            let rate = step as f64 / start.elapsed().as_secs_f64();
+            let rate = (step - args.start_step) as f64 / start.elapsed().as_secs_f64();
             eprintln!("step {step}/{steps}  loss {loss:.4}  lr {lr:.3e}  {rate:.2} steps/s");
         }
     }
+    // The optimiser's state goes in once the checkpoint is in place (a partial
+    // checkpoint must not look resumable).
+    let state = match args.save_optimizer {
+        true => {
+            let tmp = std::env::temp_dir().join(format!("paligemma-optimizer-{}", std::process::id()));
+            trainer.save_optimizer_state(&tmp)?;
+            Some(tmp)
+        }
+        false => None,
+    };
     // Evaluation, merging and saving need no autodiff graph.
     let model = trainer.into_model()?.valid();
     let final_loss = data_loss(&model, &train, batch_size)?.loss;
@@ -328,6 +356,13 @@ pub fn finetune<B: AutodiffBackend>(args: &FinetuneArgs, device: &B::Device) -> 
         }
     } else {
         model.save_pretrained(&args.out, None)?;
+    }
+    if let Some(tmp) = state {
+        let target = args.out.join("optimizer.mpk");
+        if std::fs::rename(&tmp, &target).is_err() {
+            std::fs::copy(&tmp, &target)?;
+            let _ = std::fs::remove_file(&tmp);
+        }
     }
     let summary = FinalJson {
         final_loss,

@@ -14,6 +14,7 @@ mod method;
 mod names;
 mod save;
 mod schedule;
+mod state;
 mod trainer;
 
 pub use batch::{Batch, Example};

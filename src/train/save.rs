@@ -219,8 +219,9 @@ pub(crate) fn write_safetensors<B: Backend>(
         .map_err(io)
 }
 
-/// A fresh name beside `dir` for writing before the final rename.
-fn temporary_sibling(dir: &Path) -> Result<PathBuf> {
+/// A fresh name beside `dir` (a directory or a file) for writing before the final
+/// rename.
+pub(super) fn temporary_sibling(dir: &Path) -> Result<PathBuf> {
     let name = dir
         .file_name()
         .ok_or_else(|| Error::Io {

@@ -1,6 +1,8 @@
 //! Optimisation: the gradients of a batch loss applied by SGD or AdamW with torch's
 //! semantics, in f32, to the parameters the [`Method`] trains.
 
+use std::path::Path;
+
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::{
     AdamW, AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer as _, Sgd, SgdConfig,
@@ -14,6 +16,8 @@ use burn::tensor::{
 use super::batch::Batch;
 use super::loss::Reduction;
 use super::method::{Method, SetTrainable};
+use super::save::temporary_sibling;
+use super::state;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::paligemma::PaliGemma;
@@ -164,6 +168,74 @@ impl<B: AutodiffBackend> Trainer<B> {
     pub fn with_reduction(mut self, reduction: Reduction) -> Self {
         self.reduction = reduction;
         self
+    }
+
+    /// Write the optimiser's state (AdamW's moments and step count, SGD's momentum
+    /// buffers) to the file `path`, keyed by parameter name, so that a later process
+    /// that loads the model saved at the same step continues the run exactly
+    /// ([`Trainer::load_optimizer_state`]). The file is written beside `path` and
+    /// renamed into place: it is never left half-written.
+    ///
+    /// ```
+    /// # fn main() -> paligemma::Result<()> {
+    /// use burn::backend::Autodiff;
+    /// use paligemma::{Model, backend::Cpu};
+    /// use paligemma::train::{Example, Method, Optimizer, Trainer};
+    ///
+    /// let device = Default::default();
+    /// let model = Model::<Autodiff<Cpu>>::from_pretrained("tests/fixtures/pg1-tiny", &device)?;
+    /// let image = paligemma::load_image("tests/fixtures/images/photo.png")?;
+    /// let batch = model.training_batch(&[Example::new(image, "caption en", "a photo")])?;
+    /// let mut trainer = Trainer::new(model, Method::Attention, Optimizer::adamw())?;
+    /// trainer.step(&batch, 1e-3)?;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// trainer.model()?.save_pretrained(dir.path().join("step-1"), None)?;
+    /// trainer.save_optimizer_state(dir.path().join("step-1.optimizer"))?;
+    ///
+    /// // Later, in another process: the same model and optimiser, one step on.
+    /// let model = Model::<Autodiff<Cpu>>::from_pretrained(dir.path().join("step-1"), &device)?;
+    /// let mut resumed = Trainer::new(model, Method::Attention, Optimizer::adamw())?
+    ///     .load_optimizer_state(dir.path().join("step-1.optimizer"))?;
+    /// resumed.step(&batch, 1e-3)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn save_optimizer_state(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let model = self.model()?;
+        let names = state::parameter_names(model.network(), model.config().text.arch)?;
+        let bytes = match &self.optimizer {
+            State::Sgd(o) => state::encode(o, "sgd", &names)?,
+            State::AdamW(o) => state::encode(o, "adamw", &names)?,
+        };
+        let tmp = temporary_sibling(path)?;
+        let written = std::fs::write(&tmp, bytes)
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| Error::io(path, e));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written
+    }
+
+    /// Continue from an optimiser state written by [`Trainer::save_optimizer_state`]:
+    /// each saved entry goes to the parameter of the same name. Refused (with the
+    /// file named) when the state is of the other optimiser, or names a parameter
+    /// this model lacks or has in another shape (a different LoRA rank, say).
+    /// Parameters the file has no entry for start fresh.
+    pub fn load_optimizer_state(mut self, path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let model = self.model()?;
+        let names = state::parameter_names(model.network(), model.config().text.arch)?;
+        let device = model.device().clone();
+        self.optimizer = match self.optimizer {
+            State::Sgd(o) => State::Sgd(state::decode(o, "sgd", &names, bytes, path, &device)?),
+            State::AdamW(o) => {
+                State::AdamW(state::decode(o, "adamw", &names, bytes, path, &device)?)
+            }
+        };
+        Ok(self)
     }
 
     /// The model as trained so far.
