@@ -278,7 +278,8 @@ fn finetune_resumes_from_its_saved_optimizer_state() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data.jsonl");
     let line = |img: &str, suffix: &str| {
-        serde_json::json!({"image": image(img), "prefix": "caption en", "suffix": suffix}).to_string()
+        serde_json::json!({"image": image(img), "prefix": "caption en", "suffix": suffix})
+            .to_string()
     };
     let lines = [line("photo.png", "a photo"), line("gray.png", "gray")];
     std::fs::write(&data, lines.join("\n")).unwrap();
@@ -286,12 +287,28 @@ fn finetune_resumes_from_its_saved_optimizer_state() {
     let finetune = |model: &str, out: &str, extra: &[&str]| -> Option<Vec<f32>> {
         let out = tmp.path().join(out).display().to_string();
         let mut args = vec![
-            "finetune", "--model", model, "--data", &data, "--out", &out, "--method",
-            "attention", "--lr", "3e-3", "--seed", "5", "--json",
+            "finetune",
+            "--model",
+            model,
+            "--data",
+            &data,
+            "--out",
+            &out,
+            "--method",
+            "attention",
+            "--lr",
+            "3e-3",
+            "--seed",
+            "5",
+            "--json",
         ];
         args.extend_from_slice(extra);
         let output = run(&args)?;
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         let stdout = String::from_utf8_lossy(&output.stdout);
         let losses = stdout
             .lines()
@@ -311,10 +328,20 @@ fn finetune_resumes_from_its_saved_optimizer_state() {
     assert!(saved.join("optimizer.mpk").is_file() && saved.join("model.safetensors").is_file());
     let state = saved.join("optimizer.mpk").display().to_string();
     let saved = saved.display().to_string();
-    let rest = ["--steps", "4", "--start-step", "2", "--resume-optimizer", &state];
+    let rest = [
+        "--steps",
+        "4",
+        "--start-step",
+        "2",
+        "--resume-optimizer",
+        &state,
+    ];
     let second = finetune(&saved, "second", &rest).unwrap();
     assert_eq!(second.len(), 2);
     for (got, want) in second.iter().zip(&whole[2..]) {
-        assert!((got - want).abs() <= 1e-5 * want.abs(), "{second:?} vs {whole:?}");
+        assert!(
+            (got - want).abs() <= 1e-5 * want.abs(),
+            "{second:?} vs {whole:?}"
+        );
     }
 }

@@ -500,6 +500,51 @@ fn frozen_vision_tower_gets_no_gradient() {
     assert!(names.iter().any(|n| n.contains("self_attn.q_proj")));
 }
 
+/// With the vision tower frozen, its features are computed once per distinct image
+/// and reused: the steps' losses equal those of a trainer that runs the tower every
+/// step (budget 0), and a batch repeating an image keeps it once.
+#[test]
+fn frozen_vision_features_are_computed_once_per_image() {
+    let meta = expected_json("train-pg1-tiny");
+    let model = load("pg1-tiny");
+    let mut examples = examples(&meta);
+    examples.push(examples[0].clone());
+    let b = model.training_batch(&examples).unwrap();
+    let distinct = {
+        let mut seen: Vec<Vec<u8>> = Vec::new();
+        for ex in &examples {
+            let bytes = ex.images[0].as_bytes().to_vec();
+            if !seen.contains(&bytes) {
+                seen.push(bytes);
+            }
+        }
+        seen.len()
+    };
+    assert!(distinct < examples.len());
+    let run = |budget: usize| {
+        let mut t = Trainer::new(load("pg1-tiny"), Method::Full, Optimizer::adamw())
+            .unwrap()
+            .with_frozen_vision()
+            .unwrap()
+            .with_feature_budget(budget);
+        let losses: Vec<f32> = (0..3).map(|_| t.step(&b, 2e-3).unwrap()).collect();
+        (losses, t.cached_images())
+    };
+    let (cached, kept) = run(1 << 30);
+    let (uncached, none) = run(0);
+    assert_eq!((kept, none), (distinct, 0));
+    for (a, b) in cached.iter().zip(&uncached) {
+        assert!(
+            (a - b).abs() <= 1e-6 * b.abs(),
+            "{cached:?} vs {uncached:?}"
+        );
+    }
+    assert!(
+        cached[2] < cached[0],
+        "the decoder still trains: {cached:?}"
+    );
+}
+
 /// A run stopped after two steps and resumed in a fresh trainer from the saved model
 /// and optimiser state continues exactly as the uninterrupted run (AdamW moments and
 /// step count, SGD momentum); without the state it does not. Mismatched states are
@@ -512,7 +557,10 @@ fn optimizer_state_resumes_a_run_by_parameter_name() {
         weight_decay: 0.0,
     };
     let tmp = tempfile::tempdir().unwrap();
-    for (i, (optimizer, lr)) in [(Optimizer::adamw(), 2e-3), (sgd, 3e-2)].into_iter().enumerate() {
+    for (i, (optimizer, lr)) in [(Optimizer::adamw(), 2e-3), (sgd, 3e-2)]
+        .into_iter()
+        .enumerate()
+    {
         let model = load("pg1-tiny");
         let b = batch(&model, &meta);
         let mut whole = Trainer::new(model, Method::Full, optimizer).unwrap();
@@ -561,7 +609,8 @@ fn optimizer_state_resumes_a_run_by_parameter_name() {
         err.contains("run-0.optimizer") && err.contains("adamw") && err.contains("sgd"),
         "{err}"
     );
-    let other = Model::<Ad>::from_pretrained(fixtures().join("pg2-tiny"), &Default::default()).unwrap();
+    let other =
+        Model::<Ad>::from_pretrained(fixtures().join("pg2-tiny"), &Default::default()).unwrap();
     let err = Trainer::new(other, Method::Full, Optimizer::adamw())
         .unwrap()
         .load_optimizer_state(&adamw_state)

@@ -414,7 +414,8 @@ pub struct FinetuneArgs {
     /// Clip the global gradient norm to this (torch's clip_grad_norm_).
     #[arg(long)]
     pub clip_norm: Option<f32>,
-    /// Keep the vision tower and projector frozen.
+    /// Keep the vision tower and projector frozen (their features are then computed
+    /// once per image and reused by later steps).
     #[arg(long)]
     pub freeze_vision: bool,
     /// Keep the file's order instead of shuffling every epoch.

@@ -223,12 +223,16 @@ pub fn finetune<B: AutodiffBackend>(args: &FinetuneArgs, device: &B::Device) -> 
     if args.out.exists() {
         return Err(format!("{} already exists", args.out.display()).into());
     }
-    if matches!(args.method, MethodArg::Lora) && (args.save_optimizer || args.resume_optimizer.is_some()) {
+    if matches!(args.method, MethodArg::Lora)
+        && (args.save_optimizer || args.resume_optimizer.is_some())
+    {
         // OUT holds the merged weights: a resumed run would start fresh adapters.
-        return Err("--save-optimizer and --resume-optimizer work with --method full or \
+        return Err(
+            "--save-optimizer and --resume-optimizer work with --method full or \
                     attention; resume LoRA runs from the library (Model::with_lora_adapter, \
                     Trainer::load_optimizer_state)"
-            .into());
+                .into(),
+        );
     }
     let optimizer = match args.optimizer {
         OptimizerArg::Sgd => Optimizer::Sgd {
@@ -328,7 +332,8 @@ pub fn finetune<B: AutodiffBackend>(args: &FinetuneArgs, device: &B::Device) -> 
     // checkpoint must not look resumable).
     let state = match args.save_optimizer {
         true => {
-            let tmp = std::env::temp_dir().join(format!("paligemma-optimizer-{}", std::process::id()));
+            let tmp =
+                std::env::temp_dir().join(format!("paligemma-optimizer-{}", std::process::id()));
             trainer.save_optimizer_state(&tmp)?;
             Some(tmp)
         }

@@ -5,9 +5,9 @@
 use std::sync::OnceLock;
 
 use super::kernels::{Element, OuterTile, portable};
-use super::quantize::INT4_GROUP;
 #[cfg(target_arch = "x86_64")]
 use super::kernels::{avx2, avx512};
+use super::quantize::INT4_GROUP;
 use crate::{Error, Result};
 
 /// The environment variable that forces a kernel level.

@@ -93,12 +93,26 @@ impl Batch {
     /// The pixels of every row's images, in order, as an `[images, 3, size, size]`
     /// tensor (`images` is the sum of [`Batch::images_per_row`]).
     pub fn pixels<B: Backend>(&self, device: &B::Device) -> Tensor<B, 4> {
-        let s = self.image_size;
         let images = self.images_per_row.iter().sum::<usize>();
-        Tensor::from_data(
-            TensorData::new(self.pixels.clone(), [images, 3, s, s]),
-            device,
-        )
+        self.pixels_of(0..images, device)
+    }
+
+    /// The pixels of images `range` (in batch order) as `[range.len(), 3, size, size]`.
+    pub(crate) fn pixels_of<B: Backend>(
+        &self,
+        range: std::ops::Range<usize>,
+        device: &B::Device,
+    ) -> Tensor<B, 4> {
+        let s = self.image_size;
+        let per = 3 * s * s;
+        let values = self.pixels[range.start * per..range.end * per].to_vec();
+        Tensor::from_data(TensorData::new(values, [range.len(), 3, s, s]), device)
+    }
+
+    /// The normalised pixels of image `i` (in batch order).
+    pub(crate) fn image_pixels(&self, i: usize) -> &[f32] {
+        let per = 3 * self.image_size * self.image_size;
+        &self.pixels[i * per..(i + 1) * per]
     }
 }
 

@@ -82,10 +82,23 @@ impl<B: Backend> Model<B> {
     /// # Ok(()) }
     /// ```
     pub fn loss(&self, batch: &Batch, reduction: Reduction) -> Result<Loss<B>> {
+        let features = self
+            .network()
+            .image_features(batch.pixels::<B>(self.device()));
+        self.loss_from_features(batch, features, reduction)
+    }
+
+    /// [`Model::loss`] with the image features `[images, tokens, hidden]` of the
+    /// batch's images (in batch order) given: computed once for a frozen vision tower.
+    pub(crate) fn loss_from_features(
+        &self,
+        batch: &Batch,
+        features: Tensor<B, 3>,
+        reduction: Reduction,
+    ) -> Result<Loss<B>> {
         let device = self.device();
         let net = self.network();
         let (rows, width) = (batch.len(), batch.width());
-        let features = net.image_features(batch.pixels::<B>(device));
         let [_, tokens, hidden] = features.dims();
         let pad_id = self.tokenizer().padding_id();
         let mut first_image = 0;

@@ -8,6 +8,7 @@
 
 mod batch;
 mod data;
+mod features;
 mod lora;
 mod loss;
 mod method;

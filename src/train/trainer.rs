@@ -14,6 +14,7 @@ use burn::tensor::{
 };
 
 use super::batch::Batch;
+use super::features::FeatureCache;
 use super::loss::Reduction;
 use super::method::{Method, SetTrainable};
 use super::save::temporary_sibling;
@@ -97,7 +98,12 @@ pub struct Trainer<B: AutodiffBackend> {
     optimizer: State<B>,
     reduction: Reduction,
     clip_norm: Option<f32>,
+    /// With the vision tower frozen: its features per image, computed once.
+    features: Option<FeatureCache<B>>,
 }
+
+/// Bytes of image features a trainer with a frozen vision tower keeps by default.
+const FEATURE_BUDGET: usize = 1 << 30;
 
 impl<B: AutodiffBackend> Trainer<B> {
     /// Train the parameters `method` selects with `optimizer`, on transformers' loss.
@@ -143,6 +149,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             optimizer: state,
             reduction: Reduction::Tokens,
             clip_norm: None,
+            features: None,
         })
     }
 
@@ -153,7 +160,10 @@ impl<B: AutodiffBackend> Trainer<B> {
         self
     }
 
-    /// Freeze the vision tower and the projector (they keep their weights).
+    /// Freeze the vision tower and the projector (they keep their weights). Their
+    /// features are then computed once per image, outside the autodiff graph, and
+    /// kept for later steps over the same image (up to 1 GiB of them; see
+    /// [`Trainer::with_feature_budget`]).
     pub fn with_frozen_vision(mut self) -> Result<Self> {
         let model = self.model.take().ok_or_else(lost)?;
         let vision = |path: &[String]| {
@@ -161,7 +171,24 @@ impl<B: AutodiffBackend> Trainer<B> {
             matches!(top, Some("vision" | "projector")).then_some(false)
         };
         self.model = Some(model.map_network(|n| n.map(&mut SetTrainable::new(vision))));
+        self.features = Some(FeatureCache::new(FEATURE_BUDGET));
         Ok(self)
+    }
+
+    /// With a frozen vision tower, keep at most `bytes` of image features (f32,
+    /// `image tokens x hidden` per image: 2 MiB for a 3B model at 224 px); 0 keeps
+    /// none, and every step runs the tower again. No effect otherwise.
+    pub fn with_feature_budget(mut self, bytes: usize) -> Self {
+        if self.features.is_some() {
+            self.features = Some(FeatureCache::new(bytes));
+        }
+        self
+    }
+
+    /// Images whose frozen-tower features are kept (0 unless the vision tower is
+    /// frozen).
+    pub fn cached_images(&self) -> usize {
+        self.features.as_ref().map_or(0, FeatureCache::len)
     }
 
     /// Average the loss per example instead of per token (big_vision's colab).
@@ -177,7 +204,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// renamed into place: it is never left half-written.
     ///
     /// ```
-    /// # fn main() -> paligemma::Result<()> {
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// use burn::backend::Autodiff;
     /// use paligemma::{Model, backend::Cpu};
     /// use paligemma::train::{Example, Method, Optimizer, Trainer};
@@ -277,8 +304,9 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 
     /// The combined loss of `batches` and its (clipped) gradients.
-    fn gradients(&self, model: &Model<B>, batches: &[Batch]) -> Result<(f32, GradientsParams)> {
-        let weight = |b: &Batch| match self.reduction {
+    fn gradients(&mut self, model: &Model<B>, batches: &[Batch]) -> Result<(f32, GradientsParams)> {
+        let reduction = self.reduction;
+        let weight = |b: &Batch| match reduction {
             Reduction::Tokens => b.supervised_tokens() as f64,
             Reduction::Examples => b.len() as f64,
         };
@@ -290,7 +318,13 @@ impl<B: AutodiffBackend> Trainer<B> {
         let mut loss = 0.0f64;
         for batch in batches {
             let share = weight(batch) / total;
-            let l = model.loss(batch, self.reduction)?;
+            let l = match &mut self.features {
+                Some(cache) => {
+                    let features = cache.features(model, batch);
+                    model.loss_from_features(batch, features, reduction)?
+                }
+                None => model.loss(batch, reduction)?,
+            };
             loss += f64::from(l.scalar()?) * share;
             let grads = (l.value * share).backward();
             accumulator.accumulate(
