@@ -119,11 +119,19 @@ fn reduced_host_weights_batch_equals_single_at_every_batch_size() {
                     .iter()
                     .flatten()
                     .zip(single.top_logits.iter().flatten());
+                // Below the argmax, two candidates within that tolerance of each
+                // other may swap ranks (the k-th value still agrees).
                 for (step, (a, b)) in steps.enumerate() {
-                    for ((ia, va), (ib, vb)) in a.iter().zip(b) {
-                        assert_eq!(ia, ib, "{at}, step {step}");
+                    for (rank, ((ia, va), (ib, vb))) in a.iter().zip(b).enumerate() {
                         let tol = va.abs().max(1.0) * 2f32.powi(-9);
-                        assert!((va - vb).abs() < tol, "{at}, step {step}: {va} vs {vb}");
+                        assert!(
+                            (va - vb).abs() < tol,
+                            "{at}, step {step}, rank {rank}: {ia} {va} vs {ib} {vb}"
+                        );
+                        assert!(
+                            ia == ib || rank > 0,
+                            "{at}, step {step}: argmax {ia} vs {ib}"
+                        );
                     }
                 }
             }
