@@ -111,7 +111,7 @@ where
 
 /// `optimizer` with the state in `bytes` (read from `path`), each entry given to the
 /// parameter of its name. A state of another kind, or naming a parameter the model
-/// does not have or does not train, is refused.
+/// does not have or has in another shape, is refused.
 pub(super) fn decode<O, B>(
     optimizer: OptimizerAdaptor<O, PaliGemma<B>, B>,
     kind: &str,
