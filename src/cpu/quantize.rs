@@ -62,6 +62,32 @@ pub(super) const INT4_GROUP: usize = 32;
 /// byte `j`'s low (`h = 0`) or high (`h = 1`) nibble, offset by 8. A partial last group
 /// is padded with zeros.
 pub(super) fn quantize_row_i4(w: &[f32], q: &mut [u8], scale: &mut [f32]) {
+    match Isa::detect() {
+        // SAFETY: a level is only chosen when the CPU has its features.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 | Isa::Avx512Bf16 => unsafe { quantize_row_i4_avx512(w, q, scale) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { quantize_row_i4_avx2(w, q, scale) },
+        Isa::Portable => quantize_row_i4_body(w, q, scale),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn quantize_row_i4_avx512(w: &[f32], q: &mut [u8], scale: &mut [f32]) {
+    quantize_row_i4_body(w, q, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_row_i4_avx2(w: &[f32], q: &mut [u8], scale: &mut [f32]) {
+    quantize_row_i4_body(w, q, scale)
+}
+
+/// Written so it vectorises at the caller's level, as `quantize_row_body`.
+#[inline(always)]
+fn quantize_row_i4_body(w: &[f32], q: &mut [u8], scale: &mut [f32]) {
     const ROUND: f32 = 12_582_912.0;
     const HALF: usize = INT4_GROUP / 2;
     for ((w, q), s) in w
@@ -71,16 +97,25 @@ pub(super) fn quantize_row_i4(w: &[f32], q: &mut [u8], scale: &mut [f32]) {
     {
         let mut group = [0f32; INT4_GROUP];
         group[..w.len()].copy_from_slice(w);
+        // The first value of the largest magnitude, NaN ignored. Magnitudes compare as
+        // their bits without the sign, so the maximum is an integer reduction that
+        // vectorises (a float `max` must order NaN and stays scalar).
+        let magnitude = |v: f32| match v.to_bits() & 0x7fff_ffff {
+            b if b > 0x7f80_0000 => 0,
+            b => b,
+        };
+        let largest = group.iter().map(|&v| magnitude(v)).max().unwrap_or(0);
         let extreme = group
             .iter()
-            .fold(0f32, |e, &v| if v.abs() > e.abs() { v } else { e });
+            .copied()
+            .find(|&v| magnitude(v) == largest)
+            .unwrap_or(0.0);
         *s = if extreme != 0.0 && extreme.is_finite() {
             extreme / -8.0
         } else {
             1.0
         };
         let inv = 1.0 / *s;
-        // Written so it vectorises: rounding by adding and subtracting 1.5 * 2^23.
         let nibble = |v: f32| ((v * inv).clamp(-8.0, 7.0) + ROUND - ROUND + 8.0) as u8;
         for (j, q) in q.iter_mut().enumerate() {
             *q = nibble(group[j]) | nibble(group[j + HALF]) << 4;
