@@ -266,6 +266,13 @@ pub fn finetune<B: AutodiffBackend>(args: &FinetuneArgs, device: &B::Device) -> 
     let steps = args
         .steps
         .unwrap_or_else(|| args.epochs.unwrap_or(1) * per_epoch);
+    if args.start_step >= steps {
+        return Err(format!(
+            "--start-step {} leaves nothing to do of {steps} steps",
+            args.start_step
+        )
+        .into());
+    }
     let schedule = match args.schedule {
         ScheduleArg::Constant => Schedule::Constant,
         ScheduleArg::Cosine => Schedule::Cosine,
@@ -280,13 +287,6 @@ pub fn finetune<B: AutodiffBackend>(args: &FinetuneArgs, device: &B::Device) -> 
     }
     if let Some(state) = &args.resume_optimizer {
         trainer = trainer.load_optimizer_state(state)?;
-    }
-    if args.start_step >= steps {
-        return Err(format!(
-            "--start-step {} leaves nothing to do of {steps} steps",
-            args.start_step
-        )
-        .into());
     }
     let start = Instant::now();
     // Every epoch's example order, concatenated as far as the steps need.
