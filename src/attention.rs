@@ -7,6 +7,7 @@ use burn::tensor::{
 };
 
 use crate::cpu::{self, AttentionShape};
+use crate::layers::to_host;
 
 /// Where attention runs: the backend's kernels, or the crate's CPU kernels (layers with
 /// host weights, whose activations pass through host memory anyway).
@@ -14,6 +15,19 @@ use crate::cpu::{self, AttentionShape};
 pub(crate) enum Kernels {
     Backend,
     Host,
+}
+
+/// The keys and values one attention call reads: tensors, or a layer of a host KV
+/// cache (already packed for the CPU kernels) up to `len` positions.
+pub(crate) enum KeyValues<'a, B: Backend> {
+    Tensors {
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+    },
+    Host {
+        cache: &'a cpu::PackedKv,
+        len: usize,
+    },
 }
 
 /// Scaled dot-product attention with grouped key/value heads; `mask` is `true` where
@@ -24,16 +38,16 @@ pub(crate) enum Kernels {
 /// softmax run in f32 whatever the compute dtype, as the reference keeps them.
 pub(crate) fn grouped_attention<B: Backend>(
     q: Tensor<B, 4>,
-    k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
+    kv: KeyValues<'_, B>,
     mask: Option<&Tensor<B, 4, Bool>>,
     scale: f64,
     softcap: Option<f64>,
     kernels: Kernels,
 ) -> Tensor<B, 4> {
-    if kernels == Kernels::Host {
-        return host_attention(q, k, v, mask, scale, softcap);
-    }
+    let (k, v) = match kv {
+        KeyValues::Tensors { k, v } if kernels == Kernels::Backend => (k, v),
+        kv => return host_attention(q, kv, mask, scale, softcap),
+    };
     let [b, heads, s, d] = q.dims();
     let kv_heads = k.dims()[1];
     let group = heads / kv_heads;
@@ -61,22 +75,33 @@ pub(crate) fn grouped_attention<B: Backend>(
     out.cast(dtype).reshape([b, heads, s, d])
 }
 
-/// `grouped_attention` by the CPU kernels: the operands read into host memory once,
-/// the result written back as one tensor (f32 activations, as host weights require).
-fn host_attention<B: Backend>(
-    q: Tensor<B, 4>,
-    k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
-    mask: Option<&Tensor<B, 4, Bool>>,
+/// Keys and values in host memory for [`attend_host`]: plain `[batch, kv_heads, keys,
+/// d]` row-major, or the first `len` positions of a host cache layer.
+pub(crate) enum HostKv<'a> {
+    Plain {
+        k: &'a [f32],
+        v: &'a [f32],
+        kv_heads: usize,
+    },
+    Cache {
+        cache: &'a cpu::PackedKv,
+        len: usize,
+    },
+}
+
+/// Grouped attention in host memory: `q` `[batch, heads, s, d]` row-major, `mask`
+/// `[batch, s, keys]` (`true`: hidden); the output in `q`'s layout.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attend_host(
+    q: &[f32],
+    [b, heads, s, d]: [usize; 4],
+    kv: HostKv<'_>,
+    mask: Option<&[bool]>,
     scale: f64,
     softcap: Option<f64>,
-) -> Tensor<B, 4> {
-    let [b, heads, s, d] = q.dims();
-    let [_, kv_heads, keys, _] = k.dims();
-    let device = q.device();
-    let host = |t: Tensor<B, 4>| t.into_data().convert::<f32>().to_vec::<f32>();
-    let mask = mask.map(|m| m.clone().into_data().to_vec::<bool>());
-    let shape = AttentionShape {
+) -> Vec<f32> {
+    let (scale, softcap) = (scale as f32, softcap.map(|c| c as f32));
+    let shape = |kv_heads: usize, keys: usize| AttentionShape {
         batch: b,
         heads: kv_heads,
         rows: heads / kv_heads * s,
@@ -84,22 +109,58 @@ fn host_attention<B: Backend>(
         d,
         mask_rows: s,
     };
-    let out = match (host(q), host(k), host(v), mask.transpose()) {
-        (Ok(q), Ok(k), Ok(v), Ok(mask)) => cpu::attention(
-            cpu::Isa::detect(),
-            &q,
-            &k,
-            &v,
-            mask.as_deref(),
-            shape,
-            scale as f32,
-            softcap.map(|c| c as f32),
-        ),
-        // Tensors of a CPU backend always read back; `to_vec` only fails on a type
-        // mismatch, which the conversions above rule out.
-        _ => unreachable!("f32 and bool tensors read back as f32 and bool"),
+    match kv {
+        HostKv::Plain { k, v, kv_heads } => {
+            let keys = k.len() / (b * kv_heads * d).max(1);
+            let isa = cpu::Isa::detect();
+            cpu::attention(isa, q, k, v, mask, shape(kv_heads, keys), scale, softcap)
+        }
+        HostKv::Cache { cache, len } => {
+            let shape = shape(cache.heads() / b.max(1), len);
+            cpu::cached_attention(q, cache, mask, shape, scale, softcap)
+        }
+    }
+}
+
+/// A bool tensor of a CPU backend in host memory.
+pub(crate) fn mask_to_host<B: Backend>(mask: &Tensor<B, 4, Bool>) -> Vec<bool> {
+    match mask.clone().into_data().to_vec::<bool>() {
+        Ok(m) => m,
+        Err(e) => unreachable!("a bool tensor reads back as bool: {e:?}"),
+    }
+}
+
+/// `grouped_attention` by the CPU kernels: the query (and keys and values, unless they
+/// come from a host cache) read into host memory once, the result written back as one
+/// tensor (f32 activations, as host weights require).
+fn host_attention<B: Backend>(
+    q: Tensor<B, 4>,
+    kv: KeyValues<'_, B>,
+    mask: Option<&Tensor<B, 4, Bool>>,
+    scale: f64,
+    softcap: Option<f64>,
+) -> Tensor<B, 4> {
+    let dims = q.dims();
+    let device = q.device();
+    let mask = mask.map(mask_to_host);
+    let q = to_host(q).0;
+    let out = match kv {
+        KeyValues::Tensors { k, v } => {
+            let kv_heads = k.dims()[1];
+            let (k, v) = (to_host(k).0, to_host(v).0);
+            let plain = HostKv::Plain {
+                k: &k,
+                v: &v,
+                kv_heads,
+            };
+            attend_host(&q, dims, plain, mask.as_deref(), scale, softcap)
+        }
+        KeyValues::Host { cache, len } => {
+            let cached = HostKv::Cache { cache, len };
+            attend_host(&q, dims, cached, mask.as_deref(), scale, softcap)
+        }
     };
-    Tensor::from_data(TensorData::new(out, [b, heads, s, d]), &device)
+    Tensor::from_data(TensorData::new(out, dims), &device)
 }
 
 /// Most attention scores held at once (2^25 f32 values: 128 MiB).

@@ -95,7 +95,7 @@ impl<B: Backend> DecodeState<B> {
         }
         let capacity = len.saturating_add(room);
         Ok(DecodeState {
-            cache: KvCache::gather(&sources, len, capacity),
+            cache: KvCache::gather(&sources, len, capacity)?,
             rows: layouts,
             next_position,
             device,

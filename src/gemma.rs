@@ -5,14 +5,15 @@
 use burn::module::Module;
 use burn::tensor::{Bool, FloatDType, Tensor, backend::Backend};
 
-use crate::attention::grouped_attention;
+use crate::attention::{HostKv, Kernels, KeyValues, attend_host, grouped_attention};
 use crate::config::{TextArch, TextConfig};
+use crate::cpu::HostMatrix;
 use crate::error::Result;
 use crate::kv_cache::KvCache;
-use crate::layers::{Linear, RmsNorm, feed_forward};
+use crate::layers::{Linear, RmsNorm, feed_forward, from_host, to_host};
 use crate::precision::Dtype;
-use crate::prefix_lm::{RowLayout, prefix_lm_mask};
-use crate::rope::{Rope, apply_rope};
+use crate::prefix_lm::{RowLayout, prefix_lm_hidden, prefix_lm_mask};
+use crate::rope::{Rope, apply_rope, rotate_host};
 use crate::weights::WeightStore;
 
 const PREFIX: &str = "language_model.model";
@@ -50,12 +51,27 @@ pub struct Decoder<B: Backend> {
 
 /// The per-call inputs shared by every layer.
 struct Step<'a, B: Backend> {
-    cos: Tensor<B, 4>,
-    sin: Tensor<B, 4>,
-    full_mask: Tensor<B, 4, Bool>,
-    sliding_mask: Option<Tensor<B, 4, Bool>>,
+    inputs: Inputs<B>,
     /// `None`: no cache, the keys and values of this call are all there is.
     cache: Option<&'a mut KvCache<B>>,
+}
+
+/// Rotary tables `[batch, 1, seq, head_dim]` and masks `[batch, 1, seq, keys]`, as
+/// tensors, or in host memory for layers whose attention block runs on host weights
+/// from end to end.
+enum Inputs<B: Backend> {
+    Backend {
+        cos: Tensor<B, 4>,
+        sin: Tensor<B, 4>,
+        full_mask: Tensor<B, 4, Bool>,
+        sliding_mask: Option<Tensor<B, 4, Bool>>,
+    },
+    Host {
+        cos: Vec<f32>,
+        sin: Vec<f32>,
+        full_mask: Vec<bool>,
+        sliding_mask: Option<Vec<bool>>,
+    },
 }
 
 impl<B: Backend> Decoder<B> {
@@ -171,18 +187,31 @@ impl<B: Backend> Decoder<B> {
         let q_len = x.dims()[1];
         let offset = cache.as_ref().map_or(0, |c| c.len());
         let kv_len = offset + q_len;
-        let (cos, sin) = self.rope.tables::<B>(positions, &device, x.dtype());
-        let full_mask = prefix_lm_mask::<B>(rows, offset, q_len, kv_len, None, &device);
-        let sliding_mask = self
+        let window = self
             .config
             .sliding_window
-            .filter(|_| self.layers.iter().any(|l| l.sliding))
-            .map(|w| prefix_lm_mask::<B>(rows, offset, q_len, kv_len, Some(w), &device));
+            .filter(|_| self.layers.iter().any(|l| l.sliding));
+        let inputs = if self.layers.iter().all(DecoderLayer::attends_on_host) {
+            let (cos, sin) = self.rope.host_tables(positions);
+            Inputs::Host {
+                cos,
+                sin,
+                full_mask: prefix_lm_hidden(rows, offset, q_len, kv_len, None),
+                sliding_mask: window
+                    .map(|w| prefix_lm_hidden(rows, offset, q_len, kv_len, Some(w))),
+            }
+        } else {
+            let (cos, sin) = self.rope.tables::<B>(positions, &device, x.dtype());
+            Inputs::Backend {
+                cos,
+                sin,
+                full_mask: prefix_lm_mask::<B>(rows, offset, q_len, kv_len, None, &device),
+                sliding_mask: window
+                    .map(|w| prefix_lm_mask::<B>(rows, offset, q_len, kv_len, Some(w), &device)),
+            }
+        };
         let mut step = Step {
-            cos,
-            sin,
-            full_mask,
-            sliding_mask,
+            inputs,
             cache: cache.take(),
         };
         let mut x = x;
@@ -249,6 +278,13 @@ impl<B: Backend> Decoder<B> {
         Decoder { embed, ..self }.try_map_projections(|_, _, l| f(l))
     }
 
+    /// Where the layers' attention runs (all layers load their weights alike).
+    pub(crate) fn attention_kernels(&self) -> Kernels {
+        self.layers
+            .first()
+            .map_or(Kernels::Backend, |l| l.q.attention_kernels())
+    }
+
     /// The compute dtype of weights and activations.
     pub fn dtype(&self) -> Dtype {
         self.dtype
@@ -273,36 +309,53 @@ impl<B: Backend> DecoderLayer<B> {
         c: &TextConfig,
         step: &mut Step<'_, B>,
     ) -> Tensor<B, 3> {
-        let [b, s, _] = x.dims();
-        let (heads, kv_heads, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let normed = self.input_norm.forward(x.clone());
-        let split = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, hd]).swap_dims(1, 2);
-        let q = apply_rope(
-            split(self.q.forward(normed.clone()), heads),
-            &step.cos,
-            &step.sin,
-        );
-        let k = apply_rope(
-            split(self.k.forward(normed.clone()), kv_heads),
-            &step.cos,
-            &step.sin,
-        );
-        let v = split(self.v.forward(normed), kv_heads);
-        let (k, v) = match step.cache.as_deref_mut() {
-            Some(cache) => cache.append(index, k, v),
-            None => (k, v),
+        let Step { inputs, cache } = step;
+        let cache = cache.as_deref_mut();
+        let attn = match inputs {
+            Inputs::Host {
+                cos,
+                sin,
+                full_mask,
+                sliding_mask,
+            } => {
+                let mask = match (sliding_mask, self.sliding) {
+                    (Some(m), true) => m,
+                    _ => full_mask,
+                };
+                match self.host_attention_weights() {
+                    Some(weights) => {
+                        self.attention_on_host(normed, index, c, weights, (cos, sin), mask, cache)
+                    }
+                    // The decoder chooses host inputs only when every layer has host
+                    // weights; were one not to, it still computes the same values.
+                    None => {
+                        let [b, s, _] = normed.dims();
+                        let device = normed.device();
+                        let table =
+                            |t: &[f32]| from_host(t.to_vec(), [b, 1, s, c.head_dim], &device);
+                        let keys = mask.len() / (b * s).max(1);
+                        let mask = Tensor::from_data(
+                            burn::tensor::TensorData::new(mask.clone(), [b, 1, s, keys]),
+                            &device,
+                        );
+                        self.attention(normed, index, c, (&table(cos), &table(sin)), &mask, cache)
+                    }
+                }
+            }
+            Inputs::Backend {
+                cos,
+                sin,
+                full_mask,
+                sliding_mask,
+            } => {
+                let mask = match (sliding_mask, self.sliding) {
+                    (Some(m), true) => m,
+                    _ => full_mask,
+                };
+                self.attention(normed, index, c, (cos, sin), mask, cache)
+            }
         };
-        let mask = match (&step.sliding_mask, self.sliding) {
-            (Some(m), true) => m,
-            _ => &step.full_mask,
-        };
-        let scale = c.query_pre_attn_scalar.powf(-0.5);
-        let softcap = c.attn_logit_softcapping;
-        let kernels = self.q.attention_kernels();
-        let attn = grouped_attention(q, k, v, Some(mask), scale, softcap, kernels);
-        let attn = self
-            .o
-            .forward(attn.swap_dims(1, 2).reshape([b, s, heads * hd]));
         let attn = match &self.post_attn_norm {
             Some(n) => n.forward(attn),
             None => attn,
@@ -316,4 +369,118 @@ impl<B: Backend> DecoderLayer<B> {
         };
         h + mlp
     }
+
+    /// The q/k/v/o host weights and biases, when the whole attention block has them
+    /// without adapters.
+    fn host_attention_weights(&self) -> Option<[HostWeight<'_>; 4]> {
+        Some([
+            self.q.host()?,
+            self.k.host()?,
+            self.v.host()?,
+            self.o.host()?,
+        ])
+    }
+
+    fn attends_on_host(&self) -> bool {
+        self.host_attention_weights().is_some()
+    }
+
+    /// The attention block on backend tensors (or with host products and host
+    /// attention between backend tensors).
+    fn attention(
+        &self,
+        normed: Tensor<B, 3>,
+        index: usize,
+        c: &TextConfig,
+        (cos, sin): (&Tensor<B, 4>, &Tensor<B, 4>),
+        mask: &Tensor<B, 4, Bool>,
+        cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
+        let [b, s, _] = normed.dims();
+        let (heads, kv_heads, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let split = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, hd]).swap_dims(1, 2);
+        let q = apply_rope(split(self.q.forward(normed.clone()), heads), cos, sin);
+        let k = apply_rope(split(self.k.forward(normed.clone()), kv_heads), cos, sin);
+        let v = split(self.v.forward(normed), kv_heads);
+        let kv = match cache {
+            Some(cache) => cache.append(index, k, v),
+            None => KeyValues::Tensors { k, v },
+        };
+        let scale = c.query_pre_attn_scalar.powf(-0.5);
+        let softcap = c.attn_logit_softcapping;
+        let kernels = self.q.attention_kernels();
+        let attn = grouped_attention(q, kv, Some(mask), scale, softcap, kernels);
+        self.o
+            .forward(attn.swap_dims(1, 2).reshape([b, s, heads * hd]))
+    }
+
+    /// The attention block in host memory, from the normed input to the output
+    /// projection: one read of the activations, the products, the rotary embedding,
+    /// attention over the host cache, one tensor back. Only for layers that
+    /// [`host_attention_weights`](Self::host_attention_weights).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_on_host(
+        &self,
+        normed: Tensor<B, 3>,
+        index: usize,
+        c: &TextConfig,
+        [wq, wk, wv, wo]: [HostWeight<'_>; 4],
+        (cos, sin): (&[f32], &[f32]),
+        mask: &[bool],
+        cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
+        let [b, s, hidden] = normed.dims();
+        let (heads, kv_heads, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let (x, _, device) = to_host(normed);
+        let project = |(w, bias): HostWeight<'_>, x: &[f32]| w.matmul_t(x, b * s, bias);
+        let (mut q, mut k) = (project(wq, &x), project(wk, &x));
+        rotate_host(&mut q, cos, sin, hd);
+        rotate_host(&mut k, cos, sin, hd);
+        let q = swap_middle(&q, [b, s, heads, hd]);
+        let k = swap_middle(&k, [b, s, kv_heads, hd]);
+        let v = swap_middle(&project(wv, &x), [b, s, kv_heads, hd]);
+        let scale = c.query_pre_attn_scalar.powf(-0.5);
+        let softcap = c.attn_logit_softcapping;
+        let dims = [b, heads, s, hd];
+        let attend = |kv| attend_host(&q, dims, kv, Some(mask), scale, softcap);
+        let out = match cache {
+            None => attend(HostKv::Plain {
+                k: &k,
+                v: &v,
+                kv_heads,
+            }),
+            Some(cache) => match cache.append_host(index, k, v, [b, kv_heads, s, hd], &device) {
+                KeyValues::Host { cache, len } => attend(HostKv::Cache { cache, len }),
+                KeyValues::Tensors { k, v } => {
+                    let (k, v) = (to_host(k).0, to_host(v).0);
+                    attend(HostKv::Plain {
+                        k: &k,
+                        v: &v,
+                        kv_heads,
+                    })
+                }
+            },
+        };
+        let y = project(wo, &swap_middle(&out, [b, heads, s, hd]));
+        from_host(y, [b, s, hidden], &device)
+    }
+}
+
+/// A host weight matrix and its bias.
+type HostWeight<'a> = (&'a HostMatrix, Option<&'a [f32]>);
+
+/// `[b, p, q, d]` to `[b, q, p, d]`, row-major: heads first (`[b, s, heads, d]` to
+/// `[b, heads, s, d]`) and back.
+fn swap_middle(x: &[f32], [b, p, q, d]: [usize; 4]) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    for bi in 0..b {
+        for pi in 0..p {
+            for qi in 0..q {
+                let from = ((bi * p + pi) * q + qi) * d;
+                let to = ((bi * q + qi) * p + pi) * d;
+                out[to..to + d].copy_from_slice(&x[from..from + d]);
+            }
+        }
+    }
+    out
 }

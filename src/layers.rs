@@ -211,7 +211,7 @@ impl<B: Backend> Linear<B> {
 
     /// The host weight and bias, when this layer has them and no adapter (with one,
     /// the layer runs through [`Linear::forward`]).
-    fn host(&self) -> Option<(&HostMatrix, Option<&[f32]>)> {
+    pub(crate) fn host(&self) -> Option<(&HostMatrix, Option<&[f32]>)> {
         match self.lora {
             Some(_) => None,
             None => self
@@ -254,7 +254,9 @@ pub fn feed_forward<B: Backend, const D: usize>(
 }
 
 /// A CPU backend tensor's values in f32 (one copy), its shape and device.
-fn to_host<B: Backend, const D: usize>(x: Tensor<B, D>) -> (Vec<f32>, [usize; D], B::Device) {
+pub(crate) fn to_host<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+) -> (Vec<f32>, [usize; D], B::Device) {
     let (dims, device) = (x.dims(), x.device());
     // Host weights are only loaded with f32 activations, so the conversion is a no-op.
     let values = x
@@ -265,7 +267,8 @@ fn to_host<B: Backend, const D: usize>(x: Tensor<B, D>) -> (Vec<f32>, [usize; D]
     (values, dims, device)
 }
 
-fn from_host<B: Backend, const D: usize>(
+/// Host values as a tensor of shape `dims` on `device`.
+pub(crate) fn from_host<B: Backend, const D: usize>(
     values: Vec<f32>,
     dims: [usize; D],
     device: &B::Device,

@@ -10,7 +10,9 @@
 use burn::module::Module;
 use burn::tensor::{FloatDType, Tensor, backend::Backend};
 
+use crate::attention::Kernels;
 use crate::config::Config;
+use crate::cpu;
 pub use crate::decode_state::DecodeState;
 use crate::error::{Error, Result};
 use crate::gemma::Decoder;
@@ -193,6 +195,18 @@ impl<B: Backend> PaliGemma<B> {
     /// An empty KV cache for `batch` rows of up to `capacity` positions.
     pub fn new_cache(&self, batch: usize, capacity: usize, device: &B::Device) -> KvCache<B> {
         let t = self.decoder.config();
+        if self.decoder.attention_kernels() == Kernels::Host {
+            // Attention runs in host memory beside host weights: keep its keys and values
+            // there, packed as its kernels read them.
+            return KvCache::host(
+                t.num_hidden_layers,
+                batch,
+                t.num_key_value_heads,
+                capacity,
+                t.head_dim,
+                cpu::Isa::detect(),
+            );
+        }
         KvCache::new(
             t.num_hidden_layers,
             batch,

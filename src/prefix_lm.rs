@@ -27,6 +27,21 @@ pub fn prefix_lm_mask<B: Backend>(
     window: Option<usize>,
     device: &B::Device,
 ) -> Tensor<B, 4, Bool> {
+    let masked = prefix_lm_hidden(rows, offset, q_len, kv_len, window);
+    Tensor::from_data(
+        TensorData::new(masked, [rows.len(), 1, q_len, kv_len]),
+        device,
+    )
+}
+
+/// [`prefix_lm_mask`]'s values in host memory, `[batch, q_len, kv_len]` row-major.
+pub(crate) fn prefix_lm_hidden(
+    rows: &[RowLayout],
+    offset: usize,
+    q_len: usize,
+    kv_len: usize,
+    window: Option<usize>,
+) -> Vec<bool> {
     let mut masked = Vec::with_capacity(rows.len() * q_len * kv_len);
     for row in rows {
         let prefix_end = row.pad + row.prefix;
@@ -45,10 +60,7 @@ pub fn prefix_lm_mask<B: Backend>(
             }
         }
     }
-    Tensor::from_data(
-        TensorData::new(masked, [rows.len(), 1, q_len, kv_len]),
-        device,
-    )
+    masked
 }
 
 #[cfg(test)]

@@ -28,6 +28,19 @@ impl Rope {
     ) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let b = positions.len();
         let s = positions.first().map_or(0, Vec::len);
+        let d = 2 * self.inv_freq.len();
+        let (cos, sin) = self.host_tables(positions);
+        let shape = [b, 1, s, d];
+        (
+            Tensor::from_data(TensorData::new(cos, shape), (device, dtype)),
+            Tensor::from_data(TensorData::new(sin, shape), (device, dtype)),
+        )
+    }
+
+    /// [`Rope::tables`] in host memory as f32, `[batch, seq, head_dim]` row-major.
+    pub(crate) fn host_tables(&self, positions: &[Vec<usize>]) -> (Vec<f32>, Vec<f32>) {
+        let b = positions.len();
+        let s = positions.first().map_or(0, Vec::len);
         let half = self.inv_freq.len();
         let d = 2 * half;
         let mut cos = Vec::with_capacity(b * s * d);
@@ -41,11 +54,29 @@ impl Rope {
                 }
             }
         }
-        let shape = [b, 1, s, d];
-        (
-            Tensor::from_data(TensorData::new(cos, shape), (device, dtype)),
-            Tensor::from_data(TensorData::new(sin, shape), (device, dtype)),
-        )
+        (cos, sin)
+    }
+}
+
+/// [`apply_rope`] in host memory: rotate every head of `x` `[rows, heads, head_dim]`
+/// in place by row `r` of `cos`/`sin` `[rows, head_dim]`, with the same operations and
+/// rounding (`x cos + rotate_half(x) sin`, no fused multiply-add).
+pub(crate) fn rotate_host(x: &mut [f32], cos: &[f32], sin: &[f32], head_dim: usize) {
+    let half = head_dim / 2;
+    let rows = cos.len() / head_dim.max(1);
+    let per_row = x.len() / rows.max(1);
+    for (r, row) in x.chunks_mut(per_row.max(1)).enumerate() {
+        let (cos, sin) = (
+            &cos[r * head_dim..][..head_dim],
+            &sin[r * head_dim..][..head_dim],
+        );
+        for head in row.chunks_mut(head_dim) {
+            for i in 0..half {
+                let (a, b) = (head[i], head[i + half]);
+                head[i] = a * cos[i] + -b * sin[i];
+                head[i + half] = b * cos[i + half] + a * sin[i + half];
+            }
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 use burn::module::{Module, Param};
 use burn::tensor::{Tensor, backend::Backend};
 
-use crate::attention::grouped_attention;
+use crate::attention::{KeyValues, grouped_attention};
 use crate::config::VisionConfig;
 use crate::error::Result;
 use crate::layers::{LayerNorm, Linear, feed_forward};
@@ -144,7 +144,8 @@ impl<B: Backend> EncoderLayer<B> {
         let k = split(self.k.forward(normed.clone()));
         let v = split(self.v.forward(normed));
         let scale = (hd as f64).powf(-0.5);
-        let attn = grouped_attention(q, k, v, None, scale, None, self.q.attention_kernels());
+        let kv = KeyValues::Tensors { k, v };
+        let attn = grouped_attention(q, kv, None, scale, None, self.q.attention_kernels());
         let attn = attn.swap_dims(1, 2).reshape([b, n, h]);
         let x = x + self.out.forward(attn);
         let mlp = feed_forward(self.ln2.forward(x.clone()), &self.fc1, None, &self.fc2);

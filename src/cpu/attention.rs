@@ -10,6 +10,8 @@
 use rayon::prelude::*;
 
 use super::isa::Isa;
+use super::packed_kv::PackedKv;
+use super::parallel::min_items;
 use super::products::{Columns, outer_block, pack_rows};
 
 /// Query rows per task (a multiple of the tile's 6 rows).
@@ -51,26 +53,18 @@ pub(crate) fn attention(
         rows,
         keys,
         d,
-        mask_rows,
+        ..
     } = shape;
     let n_heads = batch * heads;
     assert_eq!(q.len(), n_heads * rows * d, "query size");
     assert_eq!(k.len(), n_heads * keys * d, "key size");
     assert_eq!(v.len(), k.len(), "value size");
-    if let Some(m) = mask {
-        assert!(
-            mask_rows > 0 && m.len() == batch * mask_rows * keys,
-            "mask size"
-        );
-    }
-    let mut out = vec![0f32; q.len()];
-    if out.is_empty() {
-        return out;
-    }
+    check_mask(mask, shape);
     let lanes = isa.lanes();
     // Keys packed as the operand of q kᵀ, values as the operand of p v, once per head.
     let packed: Vec<(Vec<f32>, Vec<f32>)> = (0..n_heads)
         .into_par_iter()
+        .with_min_len(min_items(2 * keys * d))
         .map(|h| {
             let range = h * keys * d..(h + 1) * keys * d;
             (
@@ -79,33 +73,104 @@ pub(crate) fn attention(
             )
         })
         .collect();
+    let heads: Vec<(&[f32], &[f32])> = packed
+        .iter()
+        .map(|(k, v)| (k.as_slice(), v.as_slice()))
+        .collect();
+    attend(isa, q, &heads, keys, mask, shape, scale, softcap)
+}
+
+/// [`attention`] against the first `shape.keys` positions of a cache whose keys and
+/// values are already packed (`shape.heads` key/value heads per batch row), at the
+/// cache's kernel level.
+pub(crate) fn cached_attention(
+    q: &[f32],
+    cache: &PackedKv,
+    mask: Option<&[bool]>,
+    shape: AttentionShape,
+    scale: f32,
+    softcap: Option<f32>,
+) -> Vec<f32> {
+    let n_heads = shape.batch * shape.heads;
+    assert!(
+        n_heads == cache.heads() && shape.d == cache.d() && shape.keys <= cache.capacity(),
+        "cache shape"
+    );
+    assert_eq!(q.len(), n_heads * shape.rows * shape.d, "query size");
+    check_mask(mask, shape);
+    let heads: Vec<(&[f32], &[f32])> = (0..n_heads)
+        .map(|h| (cache.keys(h), cache.values(h)))
+        .collect();
+    let stride = cache.capacity();
+    attend(cache.isa(), q, &heads, stride, mask, shape, scale, softcap)
+}
+
+fn check_mask(mask: Option<&[bool]>, s: AttentionShape) {
+    if let Some(m) = mask {
+        assert!(
+            s.mask_rows > 0 && m.len() == s.batch * s.mask_rows * s.keys,
+            "mask size"
+        );
+    }
+}
+
+/// Attention of every head's query rows against its packed keys and values (`heads`,
+/// one pair per batch row and key/value head); `value_stride` is the key count the
+/// values were packed for (their room, for a cache).
+#[allow(clippy::too_many_arguments)]
+fn attend(
+    isa: Isa,
+    q: &[f32],
+    heads: &[(&[f32], &[f32])],
+    value_stride: usize,
+    mask: Option<&[bool]>,
+    shape: AttentionShape,
+    scale: f32,
+    softcap: Option<f32>,
+) -> Vec<f32> {
+    let AttentionShape {
+        batch,
+        heads: kv_heads,
+        rows,
+        keys,
+        d,
+        mask_rows,
+    } = shape;
+    let mut out = vec![0f32; q.len()];
+    if out.is_empty() {
+        return out;
+    }
     // Enough tasks for every core also when there are few rows (decode steps).
     let threads = rayon::current_num_threads().max(1);
-    let block = (n_heads * rows)
+    let block = (batch * kv_heads * rows)
         .div_ceil(4 * threads)
         .next_multiple_of(6)
         .clamp(6, QUERY_BLOCK);
+    // q kᵀ and p v: two multiply-adds per query row, key and column.
+    let row_work = 2 * keys * d;
     out.par_chunks_mut(rows * d)
-        .zip(&packed)
+        .zip(heads)
         .enumerate()
-        .for_each(|(h, (out, (pk, pv)))| {
-            let mask = mask.map(|m| &m[(h / heads) * mask_rows * keys..][..mask_rows * keys]);
-            out.par_chunks_mut(block * d).enumerate().for_each_init(
-                Vec::new,
-                |scores, (b, out)| {
+        .with_min_len(min_items(rows * row_work))
+        .for_each(|(h, (out, &(pk, pv)))| {
+            let mask = mask.map(|m| &m[(h / kv_heads) * mask_rows * keys..][..mask_rows * keys]);
+            let blocks = out.par_chunks_mut(block * d).enumerate();
+            blocks
+                .with_min_len(min_items(block * row_work))
+                .for_each_init(Vec::new, |scores, (b, out)| {
                     let r0 = b * block;
                     let n = out.len() / d;
                     let q = &q[(h * rows + r0) * d..][..n * d];
                     let task = Block {
                         isa,
                         keys,
+                        value_stride,
                         d,
                         scale,
                         softcap,
                     };
                     task.run(q, pk, pv, r0, mask.map(|m| (m, mask_rows)), scores, out);
-                },
-            );
+                });
         });
     out
 }
@@ -128,6 +193,8 @@ fn pack_columns(v: &[f32], keys: usize, d: usize, lanes: usize) -> Vec<f32> {
 struct Block {
     isa: Isa,
     keys: usize,
+    /// The key count the values were packed for.
+    value_stride: usize,
     d: usize,
     scale: f32,
     softcap: Option<f32>,
@@ -164,7 +231,7 @@ impl Block {
         for k0 in (0..keys).step_by(KEY_BLOCK) {
             let kc = KEY_BLOCK.min(keys - k0);
             let cols = Columns {
-                k: keys,
+                k: self.value_stride,
                 c0: k0,
                 nc: kc,
             };
@@ -338,13 +405,23 @@ mod tests {
                 for m in [None, Some(mask.as_slice())] {
                     let want = reference(&q, &k, &v, m, s, f64::from(scale), cap.map(f64::from));
                     for &isa in &levels {
-                        let got = attention(isa, &q, &k, &v, m, s, scale, cap);
-                        for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
-                            assert!(
-                                (f64::from(g) - w).abs() < 2e-5,
-                                "{isa:?} {s:?} cap {cap:?} mask {}: [{i}] {g} vs {w}",
-                                m.is_some()
-                            );
+                        let plain = attention(isa, &q, &k, &v, m, s, scale, cap);
+                        // The same keys and values written into a cache with room for
+                        // more, after a stale earlier write (left in place).
+                        let mut cache = PackedKv::new(isa, batch * heads, keys + 9, d);
+                        cache.write(keys, 9, &values(batch * heads * 9 * d, 5), &{
+                            values(batch * heads * 9 * d, 6)
+                        });
+                        cache.write(0, keys, &k, &v);
+                        let cached = cached_attention(&q, &cache, m, s, scale, cap);
+                        for (got, how) in [(plain, "packed per call"), (cached, "cached")] {
+                            for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                                assert!(
+                                    (f64::from(g) - w).abs() < 2e-5,
+                                    "{isa:?} {how} {s:?} cap {cap:?} mask {}: [{i}] {g} vs {w}",
+                                    m.is_some()
+                                );
+                            }
                         }
                     }
                 }

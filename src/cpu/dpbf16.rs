@@ -7,6 +7,7 @@ use rayon::prelude::*;
 
 use super::avx512;
 use super::isa::Isa;
+use super::parallel::min_items;
 use super::products::{STREAM_ROWS, round_to_bf16, transpose_into};
 
 /// Length of the k blocks the strip kernels split products into, so an activation
@@ -41,6 +42,7 @@ impl Operand {
             packed
                 .par_chunks_mut(pairs * 16)
                 .enumerate()
+                .with_min_len(min_items(pairs * 16))
                 .for_each(|(g, dst)| {
                     let valid = 16.min(m - g * 16);
                     transpose_into(&rows[g * 16 * pairs..], pairs, dst, 16, valid, pairs);

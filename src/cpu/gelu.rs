@@ -3,6 +3,7 @@
 use rayon::prelude::*;
 
 use super::isa::Isa;
+use super::parallel::min_items;
 
 /// `g[i] = gelu_tanh(g[i]) * u[i]` (or `gelu_tanh(g[i])` without `u`), on all cores.
 ///
@@ -25,8 +26,12 @@ pub(crate) fn gelu_tanh_mul(g: &mut [f32], u: Option<&[f32]>) {
         Some(u) => g
             .par_chunks_mut(CHUNK)
             .zip(u.par_chunks(CHUNK))
+            .with_min_len(min_items(CHUNK))
             .for_each(|(g, u)| run(g, Some(u))),
-        None => g.par_chunks_mut(CHUNK).for_each(|g| run(g, None)),
+        None => g
+            .par_chunks_mut(CHUNK)
+            .with_min_len(min_items(CHUNK))
+            .for_each(|g| run(g, None)),
     }
 }
 

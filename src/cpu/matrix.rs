@@ -9,6 +9,7 @@ use rayon::prelude::*;
 use super::dpbf16::{Operand, bf16_block, int8_block};
 use super::isa::Isa;
 use super::memory::{FileBytes, from_bf16, prefer_huge_pages};
+use super::parallel::min_items;
 use super::products::{
     STREAM_ROWS, WeightRows, bf16_values, prompt_product, row_blocks, stream_int4, stream_product,
     transpose,
@@ -327,14 +328,14 @@ impl HostMatrix {
                 Storage::Bf16(h) if stream || packed_dots => {
                     let a = Operand::new(x, m, k);
                     let h = h.as_slice();
-                    row_blocks::<u16>(out_t, m, |r0, rows, _, out| {
+                    row_blocks::<u16>(out_t, m, k, |r0, rows, _, out| {
                         bf16_block(&a, m, &h[r0 * k..(r0 + rows) * k], k, out);
                     });
                     return;
                 }
                 Storage::Int8 { q, scale } if !stream && packed_dots => {
                     let a = Operand::new(x, m, k);
-                    row_blocks(out_t, m, |r0, rows, scratch, out| {
+                    row_blocks(out_t, m, k, |r0, rows, scratch, out| {
                         int8_block(&a, m, &q[r0 * k..(r0 + rows) * k], k, scratch, out);
                     });
                     scale_rows(out_t, m, scale);
@@ -431,6 +432,7 @@ fn scale_rows(out_t: &mut [f32], m: usize, scale: &[f32]) {
     out_t
         .par_chunks_mut(m * 64)
         .zip(scale.par_chunks(64))
+        .with_min_len(min_items(m * 64))
         .for_each(|(out, scale)| {
             for (o, s) in out.chunks_mut(m).zip(scale) {
                 o.iter_mut().for_each(|v| *v *= s);

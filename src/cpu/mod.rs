@@ -18,7 +18,8 @@
 //! - `simd`, `kernels`: the kernel shapes every level shares, written once over a small
 //!   vector trait (portable, AVX2 + FMA, AVX-512); `avx512`, `dpbf16`: the AVX-512 BF16
 //!   kernels and the bf16 and int8 products built on them.
-//! - `attention`: attention for layers with host weights, on the same f32 tile.
+//! - `attention`, `packed_kv`: attention for layers with host weights, on the same f32
+//!   tile, and their KV cache, kept in the layouts that tile reads.
 //! - `gelu`, `quantize`, `memory`: the MLP activation, int8 quantization at load, and
 //!   bf16 conversion and huge-page helpers.
 
@@ -32,12 +33,15 @@ mod isa;
 mod kernels;
 mod matrix;
 mod memory;
+mod packed_kv;
+mod parallel;
 mod products;
 mod quantize;
 mod simd;
 
-pub(crate) use attention::{AttentionShape, attention};
+pub(crate) use attention::{AttentionShape, attention, cached_attention};
 pub(crate) use gelu::gelu_tanh_mul;
 pub(crate) use isa::{Isa, kernel_level};
 pub(crate) use matrix::HostMatrix;
 pub(crate) use memory::{FileBytes, prefer_huge_pages, to_bf16};
+pub(crate) use packed_kv::PackedKv;

@@ -11,6 +11,7 @@ use super::avx512;
 use super::isa::Isa;
 use super::kernels::{Element, OuterTile};
 use super::memory::{from_bf16, to_bf16};
+use super::parallel::min_items;
 use super::quantize::{INT4_GROUP, dequantize_i4};
 
 /// Output rows of `W` per parallel task: 64 rows of a 4096-wide k block of bf16 are
@@ -22,16 +23,18 @@ const F32_BLOCK_K: usize = 512;
 pub(super) const STREAM_ROWS: usize = 4;
 
 /// Run `task(r0, rows, scratch, out)` on all cores for each block of `BLOCK_ROWS` weight
-/// rows starting at `r0`, `out` being the block's `[rows, m]` part of the transposed
-/// output and `scratch` a per-thread buffer.
+/// rows (of `k` columns) starting at `r0`, `out` being the block's `[rows, m]` part of
+/// the transposed output and `scratch` a per-thread buffer.
 pub(super) fn row_blocks<S: Send>(
     out_t: &mut [f32],
     m: usize,
+    k: usize,
     task: impl Fn(usize, usize, &mut Vec<S>, &mut [f32]) + Sync + Send,
 ) {
     out_t
         .par_chunks_mut(BLOCK_ROWS * m)
         .enumerate()
+        .with_min_len(min_items(BLOCK_ROWS * m * k))
         .for_each_init(Vec::new, |scratch, (b, out)| {
             task(b * BLOCK_ROWS, out.len() / m, scratch, out)
         });
@@ -44,6 +47,7 @@ pub(super) fn transpose(t: &[f32], n: usize, m: usize) -> Vec<f32> {
     let mut out = vec![0f32; m * n];
     out.par_chunks_mut(ROWS * n)
         .enumerate()
+        .with_min_len(min_items(ROWS * n))
         .for_each(|(b, block)| {
             let rows = block.len() / n;
             transpose_into(&t[b * ROWS..], m, block, n, n, rows);
@@ -106,7 +110,7 @@ pub(super) fn stream_product<T: Element + Sync>(
     k: usize,
     out_t: &mut [f32],
 ) {
-    row_blocks::<()>(out_t, m, |r0, rows, _, out| {
+    row_blocks::<()>(out_t, m, k, |r0, rows, _, out| {
         let w = &w[r0 * k..(r0 + rows) * k];
         for (j4, out) in out.chunks_mut(4 * m).enumerate() {
             let rows = out.len() / m;
@@ -150,7 +154,7 @@ pub(super) fn stream_int4(
         Vec::new()
     };
     let row_bytes = groups * INT4_GROUP / 2;
-    row_blocks::<()>(out_t, m, |r0, _, _, out| {
+    row_blocks::<()>(out_t, m, k, |r0, _, _, out| {
         for (j4, out) in out.chunks_mut(4 * m).enumerate() {
             let (r, rows) = (r0 + 4 * j4, out.len() / m);
             let q = &q[r * row_bytes..(r + rows) * row_bytes];
@@ -199,6 +203,7 @@ pub(super) fn pack_rows(x: &[f32], m: usize, k: usize, lanes: usize) -> Vec<f32>
     packed
         .par_chunks_mut(k * lanes)
         .enumerate()
+        .with_min_len(min_items(k * lanes))
         .for_each(|(g, dst)| {
             let valid = lanes.min(m - g * lanes);
             transpose_into(&x[g * lanes * k..], k, dst, lanes, valid, k);
@@ -229,7 +234,7 @@ pub(super) fn prompt_product(
 /// reused by every activation group), tiles of 6 weight rows by `isa.groups()`
 /// activation groups.
 fn packed_product(isa: Isa, a: &[f32], m: usize, k: usize, w: WeightRows<'_>, out_t: &mut [f32]) {
-    row_blocks::<f32>(out_t, m, |r0, rows, scratch, out| {
+    row_blocks::<f32>(out_t, m, k, |r0, rows, scratch, out| {
         for k0 in (0..k).step_by(F32_BLOCK_K) {
             let kc = F32_BLOCK_K.min(k - k0);
             let (block, ldw) = weight_block(w, k, r0, rows, k0, kc, scratch);
@@ -355,7 +360,7 @@ pub(super) fn gemm_product(x: &[f32], m: usize, k: usize, w: WeightRows<'_>, out
         }
         return;
     }
-    row_blocks::<f32>(out_t, m, |r0, rows, scratch, out| {
+    row_blocks::<f32>(out_t, m, k, |r0, rows, scratch, out| {
         for k0 in (0..k).step_by(F32_BLOCK_K) {
             let kc = F32_BLOCK_K.min(k - k0);
             let (block, ldw) = weight_block(w, k, r0, rows, k0, kc, scratch);
