@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use clap::Parser;
 use paligemma::server::{Server, ServerConfig};
-use paligemma::{GenerateOptions, Model, backend::Cpu};
+use paligemma::{GenerateOptions, LoadOptions, Model, WeightFormat, backend::Cpu};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -39,13 +39,23 @@ struct Args {
     /// Tokens per answer (`max_tokens`).
     #[arg(long, default_value_t = 32)]
     tokens: usize,
+    /// Load burn's f32 weights (`WeightFormat::Backend`) instead of the default.
+    #[arg(long)]
+    backend_weights: bool,
     /// Give up on a configuration after this many seconds.
     #[arg(long, default_value_t = 600)]
     limit_s: u64,
 }
 
-fn load(model: &str) -> Model<Cpu> {
+fn load(model: &str, backend_weights: bool) -> Model<Cpu> {
     let device = Default::default();
+    let options = LoadOptions {
+        weights: match backend_weights {
+            true => WeightFormat::Backend,
+            false => WeightFormat::Auto,
+        },
+        ..LoadOptions::default()
+    };
     let loaded = if model == "mid" {
         let dir = std::env::temp_dir().join(format!("paligemma-mid-{}", std::process::id()));
         let written = std::fs::create_dir_all(&dir).map(|()| mid_model::write_checkpoint(&dir));
@@ -54,13 +64,13 @@ fn load(model: &str) -> Model<Cpu> {
                 path: dir.clone(),
                 source: e,
             })
-            .and_then(|()| Model::<Cpu>::from_pretrained(&dir, &device));
+            .and_then(|()| Model::<Cpu>::from_pretrained_with(&dir, &device, &options));
         let _ = std::fs::remove_dir_all(&dir);
         loaded
     } else if model == "demo" {
-        Model::<Cpu>::demo(&device)
+        Model::<Cpu>::demo_with(&device, &options)
     } else {
-        Model::<Cpu>::from_pretrained(model, &device)
+        Model::<Cpu>::from_pretrained_with(model, &device, &options)
     };
     loaded.unwrap_or_else(|e| {
         eprintln!("error: {e}");
@@ -88,7 +98,7 @@ fn main() {
     let prompts: Vec<String> = (0..total)
         .map(|i| format!("answer en what is shape number {i}?"))
         .collect();
-    let model = load(&args.model);
+    let model = load(&args.model, args.backend_weights);
     let options = GenerateOptions::default().max_new_tokens(args.tokens);
     let start = Instant::now();
     let expected: Arc<Vec<String>> = Arc::new(
@@ -121,7 +131,7 @@ fn main() {
             ..ServerConfig::default()
         };
         let server = Server::new(config);
-        if let Err(e) = server.attach(load(&args.model)) {
+        if let Err(e) = server.attach(load(&args.model, args.backend_weights)) {
             eprintln!("error: {e}");
             std::process::exit(1);
         }

@@ -112,7 +112,22 @@ impl Engine {
         let thread = std::thread::Builder::new()
             .name("paligemma-batcher".into())
             .spawn(move || {
-                loop_model.run_continuous(&requests, max_batch, |s| loop_metrics.step(s.batch));
+                let run = move || {
+                    loop_model.run_continuous(&requests, max_batch, |s| loop_metrics.step(s.batch))
+                };
+                // The loop runs on a worker of its own thread pool, so the kernels' parallel
+                // loops start from inside the pool: small ones run inline, instead of every
+                // one being handed to another thread and waited for (the costs that dominate
+                // a small model's decode step). Its own pool, because the loop blocks while
+                // it waits for requests, and handlers may use the global pool meanwhile.
+                match rayon::ThreadPoolBuilder::new()
+                    .num_threads(rayon::current_num_threads())
+                    .thread_name(|i| format!("paligemma-model-{i}"))
+                    .build()
+                {
+                    Ok(pool) => pool.install(run),
+                    Err(_) => run(),
+                }
             })?;
         Ok(Engine {
             queue: Mutex::new(Some(send)),
