@@ -53,6 +53,11 @@ struct Args {
     /// The first step of this run (with --resume).
     #[arg(long, default_value_t = 0)]
     start_step: usize,
+    /// Ramp the learning rate up linearly over this run's first N steps (with
+    /// --resume): AdamW's moments start again, and the full rate on fresh moments
+    /// undoes part of what was learnt.
+    #[arg(long, default_value_t = 0)]
+    rewarm: usize,
     /// The learning curve (one line per step).
     #[arg(long, default_value = "docs/demo-curve.csv")]
     curve: PathBuf,
@@ -139,7 +144,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .map(|i| training_example(i, encoder))
             .collect::<paligemma::Result<_>>()?;
         let batch = trainer.model()?.training_batch(&examples)?;
-        let lr = Schedule::Cosine.rate(args.lr, step, args.steps, args.warmup);
+        let ramp = match args.rewarm {
+            0 => 1.0,
+            n => ((step - args.start_step + 1) as f64 / n as f64).min(1.0),
+        };
+        let lr = ramp * Schedule::Cosine.rate(args.lr, step, args.steps, args.warmup);
         let loss = trainer.step(&batch, lr)?;
         window.push(loss);
         let seconds = started.elapsed().as_secs_f64();
