@@ -216,7 +216,7 @@ impl<B: Backend> Model<B> {
 
     /// `[images.len(), 3, size, size]` pixels of several images; an error names the
     /// image (1-based) when there are several.
-    fn pixel_batch(&self, images: &[&DynamicImage]) -> Result<Tensor<B, 4>> {
+    pub(crate) fn pixel_batch(&self, images: &[&DynamicImage]) -> Result<Tensor<B, 4>> {
         let size = self.config.vision.image_size;
         let mut pixels = Vec::with_capacity(images.len() * 3 * size * size);
         for (i, image) in images.iter().enumerate() {

@@ -195,6 +195,17 @@ impl<B: Backend> Running<B> {
     }
 }
 
+/// A request whose images are pixels, waiting for the vision tower.
+struct Prepared<B: Backend> {
+    /// `[images, 3, size, size]`.
+    pixels: Tensor<B, 4>,
+    original_sizes: Vec<(u32, u32)>,
+    row: Row,
+    on_event: EventFn,
+    stream: bool,
+    admitted: Instant,
+}
+
 /// A request ready for its prefill.
 struct Admitted<B: Backend> {
     embedding: ImageEmbedding<B>,
@@ -265,10 +276,11 @@ impl<B: Backend> Model<B> {
     /// bad request fails alone), choose their first tokens and merge them into the
     /// running batch.
     fn admit(&self, incoming: Vec<Request>, running: Option<Running<B>>) -> Option<Running<B>> {
-        let ready: Vec<Admitted<B>> = incoming
+        let prepared: Vec<Prepared<B>> = incoming
             .into_iter()
             .filter_map(|request| self.prepare(request))
             .collect();
+        let ready = self.encode_prepared(prepared);
         if ready.is_empty() {
             return running;
         }
@@ -344,22 +356,26 @@ impl<B: Backend> Model<B> {
         self.merge(all)
     }
 
-    /// Validate a request, encode its images and tokenize its prompt; a request that
-    /// cannot run is failed here.
-    fn prepare(&self, mut request: Request) -> Option<Admitted<B>> {
+    /// Validate a request, turn its images into pixels and tokenize its prompt; a
+    /// request that fails here fails alone.
+    fn prepare(&self, mut request: Request) -> Option<Prepared<B>> {
         if (request.on_event)(Event::Admitted).is_break() {
             return None;
         }
         let ready = request.options.validate().and_then(|()| {
-            let embedding = self.encode_images(&request.images)?;
+            let images: Vec<&DynamicImage> = request.images.iter().collect();
+            self.check_image_count(images.len())?;
+            let pixels = self.pixel_batch(&images)?;
             let ids =
-                self.prompt_within_context(&request.prompt, embedding.images(), &request.options)?;
-            Ok((embedding, ids))
+                self.prompt_within_context(&request.prompt, images.len(), &request.options)?;
+            let sizes = images.iter().map(|i| (i.width(), i.height())).collect();
+            Ok((pixels, sizes, ids))
         });
         match ready {
-            Ok((embedding, ids)) => Some(Admitted {
+            Ok((pixels, original_sizes, ids)) => Some(Prepared {
+                pixels,
+                original_sizes,
                 row: Row::new(ids, &request.options, self.tokenizer(), 0),
-                embedding,
                 on_event: request.on_event,
                 stream: request.stream,
                 admitted: Instant::now(),
@@ -369,6 +385,38 @@ impl<B: Backend> Model<B> {
                 None
             }
         }
+    }
+
+    /// The images of every prepared request through the vision tower as one batch (each
+    /// image's features do not depend on the others'), split back per request.
+    fn encode_prepared(&self, prepared: Vec<Prepared<B>>) -> Vec<Admitted<B>> {
+        if prepared.is_empty() {
+            return Vec::new();
+        }
+        let pixels = prepared.iter().map(|p| p.pixels.clone()).collect();
+        let features = self.image_features(Tensor::cat(pixels, 0));
+        let [_, tokens, hidden] = features.dims();
+        let mut first = 0;
+        prepared
+            .into_iter()
+            .map(|p| {
+                let k = p.original_sizes.len();
+                let own = features
+                    .clone()
+                    .slice([first..first + k, 0..tokens, 0..hidden]);
+                first += k;
+                Admitted {
+                    embedding: ImageEmbedding {
+                        features: own.reshape([1, k * tokens, hidden]),
+                        original_sizes: p.original_sizes,
+                    },
+                    row: p.row,
+                    on_event: p.on_event,
+                    stream: p.stream,
+                    admitted: p.admitted,
+                }
+            })
+            .collect()
     }
 
     fn prefill_admitted(
