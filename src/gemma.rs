@@ -51,26 +51,37 @@ pub struct Decoder<B: Backend> {
 
 /// The per-call inputs shared by every layer.
 struct Step<'a, B: Backend> {
-    inputs: Inputs<B>,
+    inputs: Inputs<'a, B>,
     /// `None`: no cache, the keys and values of this call are all there is.
     cache: Option<&'a mut KvCache<B>>,
 }
 
-/// Rotary tables `[batch, 1, seq, head_dim]` and masks `[batch, 1, seq, keys]`, as
-/// tensors, or in host memory for layers whose attention block runs on host weights
-/// from end to end.
-enum Inputs<B: Backend> {
-    Backend {
-        cos: Tensor<B, 4>,
-        sin: Tensor<B, 4>,
-        full_mask: Tensor<B, 4, Bool>,
-        sliding_mask: Option<Tensor<B, 4, Bool>>,
-    },
+/// Rotary tables `[batch, 1, seq, head_dim]` and masks `[batch, 1, seq, keys]` (`T`
+/// tables, `M` masks).
+struct Tables<T, M> {
+    cos: T,
+    sin: T,
+    full_mask: M,
+    sliding_mask: Option<M>,
+}
+
+impl<T, M> Tables<T, M> {
+    /// The mask of a layer with (`sliding`) or without a sliding window.
+    fn mask(&self, sliding: bool) -> &M {
+        match (&self.sliding_mask, sliding) {
+            (Some(m), true) => m,
+            _ => &self.full_mask,
+        }
+    }
+}
+
+/// The tables as tensors, or in host memory with every layer's q/k/v/o host weights
+/// when all the attention blocks run on host weights from end to end.
+enum Inputs<'a, B: Backend> {
+    Backend(Tables<Tensor<B, 4>, Tensor<B, 4, Bool>>),
     Host {
-        cos: Vec<f32>,
-        sin: Vec<f32>,
-        full_mask: Vec<bool>,
-        sliding_mask: Option<Vec<bool>>,
+        tables: Tables<Vec<f32>, Vec<bool>>,
+        weights: Vec<[HostWeight<'a>; 4]>,
     },
 }
 
@@ -191,23 +202,34 @@ impl<B: Backend> Decoder<B> {
             .config
             .sliding_window
             .filter(|_| self.layers.iter().any(|l| l.sliding));
-        let inputs = if self.layers.iter().all(DecoderLayer::attends_on_host) {
-            let (cos, sin) = self.rope.host_tables(positions);
-            Inputs::Host {
-                cos,
-                sin,
-                full_mask: prefix_lm_hidden(rows, offset, q_len, kv_len, None),
-                sliding_mask: window
-                    .map(|w| prefix_lm_hidden(rows, offset, q_len, kv_len, Some(w))),
+        let host: Option<Vec<_>> = self
+            .layers
+            .iter()
+            .map(DecoderLayer::host_attention_weights)
+            .collect();
+        let inputs = match host {
+            Some(weights) => {
+                let (cos, sin) = self.rope.host_tables(positions);
+                let mask = |w| prefix_lm_hidden(rows, offset, q_len, kv_len, w);
+                Inputs::Host {
+                    tables: Tables {
+                        cos,
+                        sin,
+                        full_mask: mask(None),
+                        sliding_mask: window.map(|w| mask(Some(w))),
+                    },
+                    weights,
+                }
             }
-        } else {
-            let (cos, sin) = self.rope.tables::<B>(positions, &device, x.dtype());
-            Inputs::Backend {
-                cos,
-                sin,
-                full_mask: prefix_lm_mask::<B>(rows, offset, q_len, kv_len, None, &device),
-                sliding_mask: window
-                    .map(|w| prefix_lm_mask::<B>(rows, offset, q_len, kv_len, Some(w), &device)),
+            None => {
+                let (cos, sin) = self.rope.tables::<B>(positions, &device, x.dtype());
+                let mask = |w| prefix_lm_mask::<B>(rows, offset, q_len, kv_len, w, &device);
+                Inputs::Backend(Tables {
+                    cos,
+                    sin,
+                    full_mask: mask(None),
+                    sliding_mask: window.map(|w| mask(Some(w))),
+                })
             }
         };
         let mut step = Step {
@@ -313,47 +335,13 @@ impl<B: Backend> DecoderLayer<B> {
         let Step { inputs, cache } = step;
         let cache = cache.as_deref_mut();
         let attn = match inputs {
-            Inputs::Host {
-                cos,
-                sin,
-                full_mask,
-                sliding_mask,
-            } => {
-                let mask = match (sliding_mask, self.sliding) {
-                    (Some(m), true) => m,
-                    _ => full_mask,
-                };
-                match self.host_attention_weights() {
-                    Some(weights) => {
-                        self.attention_on_host(normed, index, c, weights, (cos, sin), mask, cache)
-                    }
-                    // The decoder chooses host inputs only when every layer has host
-                    // weights; were one not to, it still computes the same values.
-                    None => {
-                        let [b, s, _] = normed.dims();
-                        let device = normed.device();
-                        let table =
-                            |t: &[f32]| from_host(t.to_vec(), [b, 1, s, c.head_dim], &device);
-                        let keys = mask.len() / (b * s).max(1);
-                        let mask = Tensor::from_data(
-                            burn::tensor::TensorData::new(mask.clone(), [b, 1, s, keys]),
-                            &device,
-                        );
-                        self.attention(normed, index, c, (&table(cos), &table(sin)), &mask, cache)
-                    }
-                }
+            Inputs::Backend(t) => {
+                let mask = t.mask(self.sliding);
+                self.attention(normed, index, c, (&t.cos, &t.sin), mask, cache)
             }
-            Inputs::Backend {
-                cos,
-                sin,
-                full_mask,
-                sliding_mask,
-            } => {
-                let mask = match (sliding_mask, self.sliding) {
-                    (Some(m), true) => m,
-                    _ => full_mask,
-                };
-                self.attention(normed, index, c, (cos, sin), mask, cache)
+            Inputs::Host { tables: t, weights } => {
+                let (tables, mask) = ((&t.cos[..], &t.sin[..]), t.mask(self.sliding));
+                attention_on_host(normed, index, c, weights[index], tables, mask, cache)
             }
         };
         let attn = match &self.post_attn_norm {
@@ -379,10 +367,6 @@ impl<B: Backend> DecoderLayer<B> {
             self.v.host()?,
             self.o.host()?,
         ])
-    }
-
-    fn attends_on_host(&self) -> bool {
-        self.host_attention_weights().is_some()
     }
 
     /// The attention block on backend tensors (or with host products and host
@@ -413,57 +397,56 @@ impl<B: Backend> DecoderLayer<B> {
         self.o
             .forward(attn.swap_dims(1, 2).reshape([b, s, heads * hd]))
     }
+}
 
-    /// The attention block in host memory, from the normed input to the output
-    /// projection: one read of the activations, the products, the rotary embedding,
-    /// attention over the host cache, one tensor back. Only for layers that
-    /// [`host_attention_weights`](Self::host_attention_weights).
-    #[allow(clippy::too_many_arguments)]
-    fn attention_on_host(
-        &self,
-        normed: Tensor<B, 3>,
-        index: usize,
-        c: &TextConfig,
-        [wq, wk, wv, wo]: [HostWeight<'_>; 4],
-        (cos, sin): (&[f32], &[f32]),
-        mask: &[bool],
-        cache: Option<&mut KvCache<B>>,
-    ) -> Tensor<B, 3> {
-        let [b, s, hidden] = normed.dims();
-        let (heads, kv_heads, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-        let (x, _, device) = to_host(normed);
-        let project = |(w, bias): HostWeight<'_>, x: &[f32]| w.matmul_t(x, b * s, bias);
-        let (mut q, mut k) = (project(wq, &x), project(wk, &x));
-        rotate_host(&mut q, cos, sin, hd);
-        rotate_host(&mut k, cos, sin, hd);
-        let q = swap_middle(&q, [b, s, heads, hd]);
-        let k = swap_middle(&k, [b, s, kv_heads, hd]);
-        let v = swap_middle(&project(wv, &x), [b, s, kv_heads, hd]);
-        let scale = c.query_pre_attn_scalar.powf(-0.5);
-        let softcap = c.attn_logit_softcapping;
-        let dims = [b, heads, s, hd];
-        let attend = |kv| attend_host(&q, dims, kv, Some(mask), scale, softcap);
-        let out = match cache {
-            None => attend(HostKv::Plain {
-                k: &k,
-                v: &v,
-                kv_heads,
-            }),
-            Some(cache) => match cache.append_host(index, k, v, [b, kv_heads, s, hd], &device) {
-                KeyValues::Host { cache, len } => attend(HostKv::Cache { cache, len }),
-                KeyValues::Tensors { k, v } => {
-                    let (k, v) = (to_host(k).0, to_host(v).0);
-                    attend(HostKv::Plain {
-                        k: &k,
-                        v: &v,
-                        kv_heads,
-                    })
-                }
-            },
-        };
-        let y = project(wo, &swap_middle(&out, [b, heads, s, hd]));
-        from_host(y, [b, s, hidden], &device)
-    }
+/// The attention block in host memory, from the normed input to the output
+/// projection: one read of the activations, the products, the rotary embedding,
+/// attention over the host cache, one tensor back, for a layer with host weights
+/// `[q, k, v, o]` ([`DecoderLayer::host_attention_weights`]).
+#[allow(clippy::too_many_arguments)]
+fn attention_on_host<B: Backend>(
+    normed: Tensor<B, 3>,
+    index: usize,
+    c: &TextConfig,
+    [wq, wk, wv, wo]: [HostWeight<'_>; 4],
+    (cos, sin): (&[f32], &[f32]),
+    mask: &[bool],
+    cache: Option<&mut KvCache<B>>,
+) -> Tensor<B, 3> {
+    let [b, s, hidden] = normed.dims();
+    let (heads, kv_heads, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+    let (x, _, device) = to_host(normed);
+    let project = |(w, bias): HostWeight<'_>, x: &[f32]| w.matmul_t(x, b * s, bias);
+    let (mut q, mut k) = (project(wq, &x), project(wk, &x));
+    rotate_host(&mut q, cos, sin, hd);
+    rotate_host(&mut k, cos, sin, hd);
+    let q = swap_middle(&q, [b, s, heads, hd]);
+    let k = swap_middle(&k, [b, s, kv_heads, hd]);
+    let v = swap_middle(&project(wv, &x), [b, s, kv_heads, hd]);
+    let scale = c.query_pre_attn_scalar.powf(-0.5);
+    let softcap = c.attn_logit_softcapping;
+    let dims = [b, heads, s, hd];
+    let attend = |kv| attend_host(&q, dims, kv, Some(mask), scale, softcap);
+    let out = match cache {
+        None => attend(HostKv::Plain {
+            k: &k,
+            v: &v,
+            kv_heads,
+        }),
+        Some(cache) => match cache.append_host(index, k, v, [b, kv_heads, s, hd], &device) {
+            KeyValues::Host { cache, len } => attend(HostKv::Cache { cache, len }),
+            KeyValues::Tensors { k, v } => {
+                let (k, v) = (to_host(k).0, to_host(v).0);
+                attend(HostKv::Plain {
+                    k: &k,
+                    v: &v,
+                    kv_heads,
+                })
+            }
+        },
+    };
+    let y = project(wo, &swap_middle(&out, [b, heads, s, hd]));
+    from_host(y, [b, s, hidden], &device)
 }
 
 /// A host weight matrix and its bias.

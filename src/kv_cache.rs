@@ -119,46 +119,13 @@ impl<B: Backend> KvCache<B> {
         k: Tensor<B, 4>,
         v: Tensor<B, 4>,
     ) -> KeyValues<'_, B> {
-        let start = self.len;
-        match &mut self.storage {
-            Storage::Backend(layers) => layers[layer].append(start, k, v),
-            Storage::Host { layers, .. } => {
-                let cache = &mut layers[layer];
-                let n = k.dims()[2];
-                cache.write(start, n, &to_host(k).0, &to_host(v).0);
-                KeyValues::Host {
-                    cache,
-                    len: start + n,
-                }
-            }
+        if let Storage::Backend(layers) = &mut self.storage {
+            return layers[layer].append(self.len, k, v);
         }
+        let (dims, device) = (k.dims(), k.device());
+        self.append_host(layer, to_host(k).0, to_host(v).0, dims, &device)
     }
-}
 
-impl<B: Backend> LayerCache<B> {
-    /// Write `k`/`v` at `start` and return views of positions `0..start + n`.
-    fn append<'a>(&mut self, start: usize, k: Tensor<B, 4>, v: Tensor<B, 4>) -> KeyValues<'a, B> {
-        let [b, h, n, d] = k.dims();
-        let end = start + n;
-        // Taking the tensors out keeps them uniquely owned, so the backend can write into
-        // the existing buffer instead of copying the whole cache.
-        let write = |slot: &mut Option<Tensor<B, 4>>, new: Tensor<B, 4>| {
-            if let Some(cache) = slot.take() {
-                let cache = cache.slice_assign([0..b, 0..h, start..end, 0..d], new);
-                let view = cache.clone().slice([0..b, 0..h, 0..end, 0..d]);
-                *slot = Some(cache);
-                view
-            } else {
-                new
-            }
-        };
-        let k = write(&mut self.k, k);
-        let v = write(&mut self.v, v);
-        KeyValues::Tensors { k, v }
-    }
-}
-
-impl<B: Backend> KvCache<B> {
     /// [`KvCache::append`] from host memory: `k`/`v` `[batch, kv_heads, n, head_dim]`
     /// row-major (`dims`), written in place into a host cache, or as tensors on
     /// `device` into a backend one.
@@ -185,6 +152,29 @@ impl<B: Backend> KvCache<B> {
                 layers[layer].append(start, k, v)
             }
         }
+    }
+}
+
+impl<B: Backend> LayerCache<B> {
+    /// Write `k`/`v` at `start` and return views of positions `0..start + n`.
+    fn append<'a>(&mut self, start: usize, k: Tensor<B, 4>, v: Tensor<B, 4>) -> KeyValues<'a, B> {
+        let [b, h, n, d] = k.dims();
+        let end = start + n;
+        // Taking the tensors out keeps them uniquely owned, so the backend can write into
+        // the existing buffer instead of copying the whole cache.
+        let write = |slot: &mut Option<Tensor<B, 4>>, new: Tensor<B, 4>| {
+            if let Some(cache) = slot.take() {
+                let cache = cache.slice_assign([0..b, 0..h, start..end, 0..d], new);
+                let view = cache.clone().slice([0..b, 0..h, 0..end, 0..d]);
+                *slot = Some(cache);
+                view
+            } else {
+                new
+            }
+        };
+        let k = write(&mut self.k, k);
+        let v = write(&mut self.v, v);
+        KeyValues::Tensors { k, v }
     }
 }
 
