@@ -42,6 +42,10 @@ struct Args {
     /// Load burn's f32 weights (`WeightFormat::Backend`) instead of the default.
     #[arg(long)]
     backend_weights: bool,
+    /// Rounds over all batch sizes (alternating, so slow spells of a shared machine
+    /// fall on every size); the ratio is given per round and as the median.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Give up on a configuration after this many seconds.
     #[arg(long, default_value_t = 600)]
     limit_s: u64,
@@ -84,6 +88,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn main() {
+    // As the server binary does.
+    paligemma::keep_freed_memory();
     let args = Args::parse();
     let image = image::DynamicImage::ImageRgb8(paligemma::demo::Scene::generate(3).render());
     let mut png = Vec::new();
@@ -120,130 +126,145 @@ fn main() {
         "| max batch | requests | wrong | lost | 429 | p50 latency (s) | p99 latency (s) | requests/s | tokens/s |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
-    let mut rates = Vec::new();
-    for &batch in &args.batch {
-        let config = ServerConfig {
-            model_id: "load".into(),
-            max_batch: batch,
-            queue_size: total,
-            max_tokens: args.tokens,
-            request_timeout: Duration::from_secs(args.limit_s),
-            ..ServerConfig::default()
-        };
-        let server = Server::new(config);
-        if let Err(e) = server.attach(load(&args.model, args.backend_weights)) {
-            eprintln!("error: {e}");
-            std::process::exit(1);
-        }
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (bound, address) = std::sync::mpsc::channel();
-        let serving = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-                bound.send(listener.local_addr()?).ok();
-                server
-                    .serve(listener, async {
-                        stopped.await.ok();
-                    })
-                    .await
-            })
-        });
-        let Ok(address) = address.recv() else {
-            eprintln!("error: the server did not start");
-            std::process::exit(1);
-        };
-        let endpoint = Arc::new(format!("http://{address}/v1/chat/completions"));
-        let url = Arc::new(url.clone());
-        let prompts = Arc::new(prompts.clone());
-        let deadline = Instant::now() + Duration::from_secs(args.limit_s);
-        let begin = Instant::now();
-        let clients: Vec<_> = (0..args.clients)
-            .map(|c| {
-                let (endpoint, url, prompts, expected) = (
-                    endpoint.clone(),
-                    url.clone(),
-                    prompts.clone(),
-                    expected.clone(),
-                );
-                let (requests, tokens) = (args.requests, args.tokens);
-                std::thread::spawn(move || {
-                    let agent: ureq::Agent = ureq::Agent::config_builder()
-                        .http_status_as_error(false)
-                        .timeout_global(Some(deadline.saturating_duration_since(Instant::now())))
-                        .build()
-                        .into();
-                    let mut out = Vec::new();
-                    for r in 0..requests {
-                        let i = c * requests + r;
-                        let body = json!({
-                            "model": "load",
-                            "max_tokens": tokens,
-                            "messages": [{"role": "user", "content": [
-                                {"type": "text", "text": prompts[i]},
-                                {"type": "image_url", "image_url": {"url": url.as_str()}},
-                            ]}],
-                        });
-                        let sent = Instant::now();
-                        let answer = agent
-                            .post(endpoint.as_str())
-                            .header("content-type", "application/json")
-                            .send(body.to_string());
-                        let seconds = sent.elapsed().as_secs_f64();
-                        let outcome = match answer {
-                            Ok(mut a) => {
-                                let status = a.status().as_u16();
-                                let text = a.body_mut().read_to_string().unwrap_or_default();
-                                let v: serde_json::Value =
-                                    serde_json::from_str(&text).unwrap_or_default();
-                                let content = v["choices"][0]["message"]["content"].as_str();
-                                let tokens = v["usage"]["completion_tokens"].as_u64().unwrap_or(0);
-                                (status, content == Some(expected[i].as_str()), tokens)
-                            }
-                            Err(_) => (0, false, 0),
-                        };
-                        out.push((outcome, seconds));
-                    }
-                    out
+    let mut ratios = Vec::new();
+    for round in 0..args.rounds.max(1) {
+        let mut rates = Vec::new();
+        for &batch in &args.batch {
+            let config = ServerConfig {
+                model_id: "load".into(),
+                max_batch: batch,
+                queue_size: total,
+                max_tokens: args.tokens,
+                request_timeout: Duration::from_secs(args.limit_s),
+                ..ServerConfig::default()
+            };
+            let server = Server::new(config);
+            if let Err(e) = server.attach(load(&args.model, args.backend_weights)) {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let (bound, address) = std::sync::mpsc::channel();
+            let serving = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Runtime::new()?;
+                runtime.block_on(async move {
+                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                    bound.send(listener.local_addr()?).ok();
+                    server
+                        .serve(listener, async {
+                            stopped.await.ok();
+                        })
+                        .await
                 })
-            })
-            .collect();
-        let results: Vec<((u16, bool, u64), f64)> = clients
-            .into_iter()
-            .flat_map(|c| c.join().unwrap_or_default())
-            .collect();
-        let wall = begin.elapsed().as_secs_f64();
-        stop.send(()).ok();
-        let _ = serving.join();
-        let ok: Vec<&((u16, bool, u64), f64)> =
-            results.iter().filter(|((s, _, _), _)| *s == 200).collect();
-        let wrong = ok.iter().filter(|((_, right, _), _)| !right).count();
-        let busy = results.iter().filter(|((s, _, _), _)| *s == 429).count();
-        let lost = total - ok.len() - busy;
-        let tokens: u64 = ok.iter().map(|((_, _, t), _)| t).sum();
-        let mut latency: Vec<f64> = ok.iter().map(|(_, s)| *s).collect();
-        latency.sort_by(f64::total_cmp);
-        let (p50, p99) = if latency.is_empty() {
-            (f64::NAN, f64::NAN)
-        } else {
-            (percentile(&latency, 0.5), percentile(&latency, 0.99))
-        };
-        let rate = ok.len() as f64 / wall;
-        rates.push((batch, rate));
-        println!(
-            "| {batch} | {} | {wrong} | {lost} | {busy} | {p50:.3} | {p99:.3} | {rate:.1} | {:.0} |",
-            results.len(),
-            tokens as f64 / wall
-        );
-        if wrong > 0 || lost > 0 {
-            eprintln!("error: {wrong} wrong and {lost} lost answers at max batch {batch}");
-            std::process::exit(1);
+            });
+            let Ok(address) = address.recv() else {
+                eprintln!("error: the server did not start");
+                std::process::exit(1);
+            };
+            let endpoint = Arc::new(format!("http://{address}/v1/chat/completions"));
+            let url = Arc::new(url.clone());
+            let prompts = Arc::new(prompts.clone());
+            let deadline = Instant::now() + Duration::from_secs(args.limit_s);
+            let begin = Instant::now();
+            let clients: Vec<_> = (0..args.clients)
+                .map(|c| {
+                    let (endpoint, url, prompts, expected) = (
+                        endpoint.clone(),
+                        url.clone(),
+                        prompts.clone(),
+                        expected.clone(),
+                    );
+                    let (requests, tokens) = (args.requests, args.tokens);
+                    std::thread::spawn(move || {
+                        let agent: ureq::Agent = ureq::Agent::config_builder()
+                            .http_status_as_error(false)
+                            .timeout_global(Some(
+                                deadline.saturating_duration_since(Instant::now()),
+                            ))
+                            .build()
+                            .into();
+                        let mut out = Vec::new();
+                        for r in 0..requests {
+                            let i = c * requests + r;
+                            let body = json!({
+                                "model": "load",
+                                "max_tokens": tokens,
+                                "messages": [{"role": "user", "content": [
+                                    {"type": "text", "text": prompts[i]},
+                                    {"type": "image_url", "image_url": {"url": url.as_str()}},
+                                ]}],
+                            });
+                            let sent = Instant::now();
+                            let answer = agent
+                                .post(endpoint.as_str())
+                                .header("content-type", "application/json")
+                                .send(body.to_string());
+                            let seconds = sent.elapsed().as_secs_f64();
+                            let outcome = match answer {
+                                Ok(mut a) => {
+                                    let status = a.status().as_u16();
+                                    let text = a.body_mut().read_to_string().unwrap_or_default();
+                                    let v: serde_json::Value =
+                                        serde_json::from_str(&text).unwrap_or_default();
+                                    let content = v["choices"][0]["message"]["content"].as_str();
+                                    let tokens =
+                                        v["usage"]["completion_tokens"].as_u64().unwrap_or(0);
+                                    (status, content == Some(expected[i].as_str()), tokens)
+                                }
+                                Err(_) => (0, false, 0),
+                            };
+                            out.push((outcome, seconds));
+                        }
+                        out
+                    })
+                })
+                .collect();
+            let results: Vec<((u16, bool, u64), f64)> = clients
+                .into_iter()
+                .flat_map(|c| c.join().unwrap_or_default())
+                .collect();
+            let wall = begin.elapsed().as_secs_f64();
+            stop.send(()).ok();
+            let _ = serving.join();
+            let ok: Vec<&((u16, bool, u64), f64)> =
+                results.iter().filter(|((s, _, _), _)| *s == 200).collect();
+            let wrong = ok.iter().filter(|((_, right, _), _)| !right).count();
+            let busy = results.iter().filter(|((s, _, _), _)| *s == 429).count();
+            let lost = total - ok.len() - busy;
+            let tokens: u64 = ok.iter().map(|((_, _, t), _)| t).sum();
+            let mut latency: Vec<f64> = ok.iter().map(|(_, s)| *s).collect();
+            latency.sort_by(f64::total_cmp);
+            let (p50, p99) = if latency.is_empty() {
+                (f64::NAN, f64::NAN)
+            } else {
+                (percentile(&latency, 0.5), percentile(&latency, 0.99))
+            };
+            let rate = ok.len() as f64 / wall;
+            rates.push((batch, rate));
+            println!(
+                "| {batch} | {} | {wrong} | {lost} | {busy} | {p50:.3} | {p99:.3} | {rate:.1} | {:.0} |",
+                results.len(),
+                tokens as f64 / wall
+            );
+            if wrong > 0 || lost > 0 {
+                eprintln!("error: {wrong} wrong and {lost} lost answers at max batch {batch}");
+                std::process::exit(1);
+            }
+        }
+        if let (Some(&(b0, r0)), Some(&(b1, r1))) = (rates.first(), rates.last()) {
+            println!(
+                "\nround {}: throughput at max batch {b1} / max batch {b0}: {:.2}x\n",
+                round + 1,
+                r1 / r0
+            );
+            ratios.push(r1 / r0);
         }
     }
-    if let (Some(&(b0, r0)), Some(&(b1, r1))) = (rates.first(), rates.last()) {
+    ratios.sort_by(f64::total_cmp);
+    if let Some(median) = ratios.get(ratios.len() / 2) {
         println!(
-            "\nthroughput at max batch {b1} / max batch {b0}: {:.2}x",
-            r1 / r0
+            "median throughput ratio over {} rounds: {median:.2}x",
+            ratios.len()
         );
     }
 }

@@ -45,6 +45,7 @@
 //!   decoding loop of your own.
 #![warn(missing_docs)]
 
+mod allocator;
 mod attention;
 pub mod backend;
 mod config;
@@ -82,6 +83,7 @@ pub mod train;
 mod weights;
 
 pub use crate::paligemma::{DecodeState, PaliGemma};
+pub use allocator::keep_freed_memory;
 pub use config::{Config, LayerKind, Release, TextArch, TextConfig, VisionConfig};
 pub use error::{Error, Result};
 pub use gemma::Decoder;
@@ -95,7 +97,9 @@ pub use mask_encoder::{MaskEncoder, mask_crop};
 pub use model::{ImageEmbedding, Model};
 pub use precision::{Dtype, WeightFormat};
 pub use prefix_lm::RowLayout;
-pub use preprocess::{image_warnings, load_image, load_image_checked, preprocess_image, to_rgb};
+pub use preprocess::{
+    Pixels, image_warnings, load_image, load_image_checked, preprocess_image, to_rgb,
+};
 pub use pretrained::LoadOptions;
 pub use segmentation::{BinaryMask, CODES_PER_MASK, MASK_SIZE, MaskDecoder, paste_mask};
 pub use siglip::VisionTower;

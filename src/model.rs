@@ -11,7 +11,7 @@ use crate::gemma::Decoder;
 use crate::images::Images;
 use crate::paligemma::{DecodeState, PaliGemma};
 use crate::precision::{Dtype, WeightFormat};
-use crate::preprocess::preprocess_image;
+use crate::preprocess::{Pixels, pixels_of};
 use crate::segmentation::MaskDecoder;
 use crate::siglip::VisionTower;
 use crate::tokenizer::Tokenizer;
@@ -217,17 +217,31 @@ impl<B: Backend> Model<B> {
     /// `[images.len(), 3, size, size]` pixels of several images; an error names the
     /// image (1-based) when there are several.
     pub(crate) fn pixel_batch(&self, images: &[&DynamicImage]) -> Result<Tensor<B, 4>> {
+        self.pixel_tensor(&pixels_of(images, self.config.vision.image_size)?)
+    }
+
+    /// Preprocess an image for this model's vision tower, on the caller's thread (see
+    /// [`Pixels`]).
+    pub fn pixels(&self, image: &DynamicImage) -> Result<Pixels> {
+        Pixels::new(image, self.config.vision.image_size)
+    }
+
+    /// `[pixels.len(), 3, size, size]` from preprocessed images, which must have been
+    /// made at this model's resolution.
+    pub(crate) fn pixel_tensor(&self, pixels: &[Pixels]) -> Result<Tensor<B, 4>> {
         let size = self.config.vision.image_size;
-        let mut pixels = Vec::with_capacity(images.len() * 3 * size * size);
-        for (i, image) in images.iter().enumerate() {
-            let px = preprocess_image(image, size).map_err(|e| match images.len() {
-                1 => e,
-                _ => Error::Image(format!("image {}: {e}", i + 1)),
-            })?;
-            pixels.extend(px);
+        if let Some(p) = pixels.iter().find(|p| p.size() != size) {
+            return Err(Error::Image(format!(
+                "pixels preprocessed at {0}x{0} for a model whose vision tower takes {size}x{size}",
+                p.size()
+            )));
+        }
+        let mut values = Vec::with_capacity(pixels.len() * 3 * size * size);
+        for p in pixels {
+            values.extend_from_slice(p.values());
         }
         Ok(Tensor::from_data(
-            TensorData::new(pixels, [images.len(), 3, size, size]),
+            TensorData::new(values, [pixels.len(), 3, size, size]),
             &self.device,
         ))
     }

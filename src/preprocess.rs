@@ -83,6 +83,70 @@ pub fn preprocess_image(image: &DynamicImage, size: usize) -> Result<Vec<f32>> {
     Ok(out)
 }
 
+/// An image preprocessed for a vision tower of resolution `size`: `[3, size, size]`
+/// channel-first values in [-1, 1] as [`preprocess_image`] makes them, with the size of
+/// the image they came from (boxes and masks are scaled back to it).
+///
+/// Preprocessing resizes the whole image, so a server does it on the thread that
+/// decoded the image and hands the model loop only [`Pixels`]
+/// ([`continuous::Request::from_pixels`](crate::continuous::Request::from_pixels)).
+///
+/// ```
+/// # fn main() -> paligemma::Result<()> {
+/// let image = paligemma::load_image("tests/fixtures/images/photo.png")?;
+/// let pixels = paligemma::Pixels::new(&image, 56)?;
+/// assert_eq!(pixels.values().len(), 3 * 56 * 56);
+/// assert_eq!(pixels.original_size(), (image.width(), image.height()));
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pixels {
+    values: Vec<f32>,
+    size: usize,
+    original_size: (u32, u32),
+}
+
+impl Pixels {
+    /// Preprocess `image` for a tower of resolution `size` ([`preprocess_image`]).
+    pub fn new(image: &DynamicImage, size: usize) -> Result<Pixels> {
+        Ok(Pixels {
+            values: preprocess_image(image, size)?,
+            size,
+            original_size: (image.width(), image.height()),
+        })
+    }
+
+    /// The `[3, size, size]` values.
+    pub fn values(&self) -> &[f32] {
+        &self.values
+    }
+
+    /// The resolution they were made for.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Width and height of the image they came from.
+    pub fn original_size(&self) -> (u32, u32) {
+        self.original_size
+    }
+}
+
+/// [`Pixels`] of the images of one prompt; an error names the image (1-based) when
+/// there are several.
+pub(crate) fn pixels_of(images: &[&DynamicImage], size: usize) -> Result<Vec<Pixels>> {
+    images
+        .iter()
+        .enumerate()
+        .map(|(i, image)| {
+            Pixels::new(image, size).map_err(|e| match images.len() {
+                1 => e,
+                _ => Error::Image(format!("image {}: {e}", i + 1)),
+            })
+        })
+        .collect()
+}
+
 /// Interleaved RGB8 pixels as transformers' `convert_to_rgb` makes them: images with
 /// an alpha channel are composited onto white (PIL's integer `alpha_composite`), gray
 /// is replicated into three channels.

@@ -353,3 +353,51 @@ fn regrouped_rows_compute_what_they_computed_apart() {
         assert!(DecodeState::regroup(&[(&b, &[5])], 1).is_err());
     }
 }
+
+/// Requests of preprocessed pixels (as the server sends them) compute what requests of
+/// decoded images compute; pixels made for another resolution
+/// fail their request alone, with an error that says so.
+#[test]
+fn pixel_requests_equal_image_requests() {
+    let model = model("pg1-tiny");
+    let image = open_image("photo.png");
+    let options = GenerateOptions::default().max_new_tokens(6);
+    let size = model.config().vision.image_size;
+    let finished = Arc::new(Mutex::new(vec![None; 3]));
+    let failed = Arc::new(Mutex::new(None));
+    let report = |i: usize| {
+        let (finished, failed) = (finished.clone(), failed.clone());
+        move |e: Event<'_>| {
+            match e {
+                Event::Finished(g) => finished.lock().unwrap()[i] = Some(g),
+                Event::Failed(e) => *failed.lock().unwrap() = Some((i, e.to_string())),
+                _ => {}
+            }
+            ControlFlow::Continue(())
+        }
+    };
+    let pixels = model.pixels(&image).unwrap();
+    assert_eq!(pixels, paligemma::Pixels::new(&image, size).unwrap());
+    let wrong = paligemma::Pixels::new(&image, size + 14).unwrap();
+    let (send, requests) = mpsc::channel();
+    let prompt = "detect cat";
+    send.send(Request::new(vec![image.clone()], prompt, options.clone()).on_event(report(0)))
+        .unwrap();
+    send.send(Request::from_pixels(vec![pixels], prompt, options.clone()).on_event(report(1)))
+        .unwrap();
+    send.send(Request::from_pixels(vec![wrong], prompt, options.clone()).on_event(report(2)))
+        .unwrap();
+    drop(send);
+    model.run_continuous(&requests, 8, |_| {});
+    let finished = finished.lock().unwrap();
+    let single = model.generate(&image, prompt, &options).unwrap();
+    for g in finished[..2].iter() {
+        let g = g.as_ref().unwrap();
+        assert_eq!(g.generated_ids, single.generated_ids);
+        assert_eq!(g.text, single.text);
+    }
+    assert!(finished[2].is_none());
+    let (index, why) = failed.lock().unwrap().clone().unwrap();
+    assert_eq!(index, 2);
+    assert!(why.contains(&format!("takes {size}x{size}")), "{why}");
+}

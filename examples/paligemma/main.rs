@@ -34,29 +34,13 @@ use args::{Cli, Command, Device};
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn main() -> ExitCode {
-    keep_freed_memory();
+    paligemma::keep_freed_memory();
     match dispatch(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Let glibc keep freed memory for reuse instead of returning it to the kernel: a
-/// forward pass allocates and frees activations of up to tens of MB per layer, and
-/// with glibc's defaults each is a fresh `mmap` whose pages fault in zeroed and whose
-/// `munmap` flushes the other cores' TLBs. A program embedding the library can do the
-/// same, or set `MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_` / `MALLOC_TOP_PAD_`.
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator tuning; called before any other thread
-    // exists. A rejected value leaves glibc's default in place.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
     }
 }
 

@@ -76,6 +76,7 @@ fn seconds(what: &str, s: f64) -> Result<Duration, String> {
 }
 
 fn main() {
+    paligemma::keep_freed_memory();
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

@@ -49,6 +49,7 @@ use super::row::Row;
 use crate::decode_state::DecodeState;
 use crate::error::{Error, Result};
 use crate::model::{ImageEmbedding, Model};
+use crate::preprocess::Pixels;
 
 /// What the loop reports about a request, in this order: `Admitted`, `Prefilled`, then
 /// per token `Text` (streaming requests only, when text became final) and `Token`,
@@ -78,11 +79,26 @@ type EventFn = Box<dyn FnMut(Event<'_>) -> ControlFlow<()> + Send>;
 
 /// A prompt about one image or several, with its own options.
 pub struct Request {
-    images: Vec<DynamicImage>,
+    images: Inputs,
     prompt: String,
     options: GenerateOptions,
     stream: bool,
     on_event: EventFn,
+}
+
+/// A request's images: decoded, to be preprocessed by the loop, or already pixels.
+enum Inputs {
+    Images(Vec<DynamicImage>),
+    Pixels(Vec<Pixels>),
+}
+
+impl Inputs {
+    fn len(&self) -> usize {
+        match self {
+            Inputs::Images(i) => i.len(),
+            Inputs::Pixels(p) => p.len(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Request {
@@ -98,14 +114,30 @@ impl std::fmt::Debug for Request {
 
 impl Request {
     /// A request whose events go nowhere (set a receiver with [`Request::on_event`]).
+    /// The loop preprocesses its images; see [`Request::from_pixels`] to do that on
+    /// another thread.
     pub fn new(
         images: Vec<DynamicImage>,
         prompt: impl Into<String>,
         options: GenerateOptions,
     ) -> Self {
+        Self::with_inputs(Inputs::Images(images), prompt.into(), options)
+    }
+
+    /// A request about images already preprocessed ([`Model::pixels`]), so the loop
+    /// only runs the model. Pixels made for another resolution fail the request.
+    pub fn from_pixels(
+        pixels: Vec<Pixels>,
+        prompt: impl Into<String>,
+        options: GenerateOptions,
+    ) -> Self {
+        Self::with_inputs(Inputs::Pixels(pixels), prompt.into(), options)
+    }
+
+    fn with_inputs(images: Inputs, prompt: String, options: GenerateOptions) -> Self {
         Request {
             images,
-            prompt: prompt.into(),
+            prompt,
             options,
             stream: false,
             on_event: Box::new(|_| ControlFlow::Continue(())),
@@ -363,12 +395,20 @@ impl<B: Backend> Model<B> {
             return None;
         }
         let ready = request.options.validate().and_then(|()| {
-            let images: Vec<&DynamicImage> = request.images.iter().collect();
-            self.check_image_count(images.len())?;
-            let pixels = self.pixel_batch(&images)?;
-            let ids =
-                self.prompt_within_context(&request.prompt, images.len(), &request.options)?;
-            let sizes = images.iter().map(|i| (i.width(), i.height())).collect();
+            let count = request.images.len();
+            self.check_image_count(count)?;
+            let (pixels, sizes) = match &request.images {
+                Inputs::Images(images) => {
+                    let images: Vec<&DynamicImage> = images.iter().collect();
+                    let sizes = images.iter().map(|i| (i.width(), i.height())).collect();
+                    (self.pixel_batch(&images)?, sizes)
+                }
+                Inputs::Pixels(pixels) => {
+                    let sizes = pixels.iter().map(Pixels::original_size).collect();
+                    (self.pixel_tensor(pixels)?, sizes)
+                }
+            };
+            let ids = self.prompt_within_context(&request.prompt, count, &request.options)?;
             Ok((pixels, sizes, ids))
         });
         match ready {

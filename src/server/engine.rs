@@ -19,6 +19,7 @@ use crate::continuous::{Event, Request};
 use crate::error::{Error, Result};
 use crate::generate::{GenerateOptions, Generation};
 use crate::model::Model;
+use crate::preprocess::{Pixels, pixels_of};
 use crate::task::{Segmentation, Skipped, segmentations_from_text};
 
 /// What happens to a submitted request.
@@ -87,6 +88,8 @@ where
 /// The generation thread and its queue.
 pub(crate) struct Engine {
     queue: Mutex<Option<SyncSender<Request>>>,
+    /// The vision tower's resolution, for preprocessing on the handlers' threads.
+    image_size: usize,
     capacity: usize,
     metrics: Arc<Metrics>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -105,6 +108,7 @@ impl Engine {
     where
         Model<B>: Send + Sync + 'static,
     {
+        let image_size = model.config().vision.image_size;
         let model = Arc::new(model);
         let (send, requests) = sync_channel(queue);
         let loop_model = model.clone();
@@ -131,6 +135,7 @@ impl Engine {
             })?;
         Ok(Engine {
             queue: Mutex::new(Some(send)),
+            image_size,
             capacity: queue,
             metrics,
             thread: Mutex::new(Some(thread)),
@@ -145,16 +150,23 @@ impl Engine {
         queue.is_some() && thread.as_ref().is_some_and(|t| !t.is_finished())
     }
 
+    /// Preprocess a request's images for the model (blocking: a whole resize per
+    /// image), so that the generation thread only runs the model.
+    pub fn pixels(&self, images: &[DynamicImage]) -> Result<Vec<Pixels>> {
+        let images: Vec<&DynamicImage> = images.iter().collect();
+        pixels_of(&images, self.image_size)
+    }
+
     /// Queue a request; a full queue is a 429, a stopped engine a 503.
     pub fn submit(
         &self,
-        images: Vec<DynamicImage>,
+        pixels: Vec<Pixels>,
         prompt: String,
         options: GenerateOptions,
         stream: bool,
     ) -> std::result::Result<UnboundedReceiver<Message>, ApiError> {
         let (tx, rx) = unbounded_channel();
-        let request = Request::new(images, prompt, options)
+        let request = Request::from_pixels(pixels, prompt, options)
             .streaming(stream)
             .on_event(reporter(tx, self.metrics.clone()));
         let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());

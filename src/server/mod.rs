@@ -433,9 +433,9 @@ impl AppState {
         }
     }
 
-    /// Queue a generation.
-    fn submit(
-        &self,
+    /// Preprocess the images on a blocking thread and queue a generation.
+    async fn submit(
+        self: &Arc<Self>,
         images: Vec<DynamicImage>,
         prompt: String,
         options: GenerateOptions,
@@ -451,7 +451,14 @@ impl AppState {
                 ),
             ));
         }
-        let rx = self.engine()?.submit(images, prompt, options, stream)?;
+        self.engine()?;
+        let state = self.clone();
+        let pixels = tokio::task::spawn_blocking(move || {
+            state.engine().map(|engine| engine.pixels(&images))
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("preprocessing the images failed: {e}")))???;
+        let rx = self.engine()?.submit(pixels, prompt, options, stream)?;
         Ok(Pending {
             rx,
             start: Instant::now(),

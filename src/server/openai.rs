@@ -258,7 +258,7 @@ pub(super) async fn chat(
         tokio::task::spawn_blocking(move || prompt_and_images(messages, max_pixels, remote))
             .await
             .map_err(|e| ApiError::internal(format!("decoding the images failed: {e}")))??;
-    let pending = state.submit(images, prompt, options, stream)?;
+    let pending = state.submit(images, prompt, options, stream).await?;
     let id = state.id("chatcmpl");
     let created = unix_time();
     if !stream {

@@ -196,7 +196,7 @@ async fn run(
         .map_err(|e| ApiError::invalid("invalid_prompt", e.to_string()))?;
     let budget = state.budget(r.max_tokens, task.default_max_new_tokens())?;
     let options = GenerateOptions::default().max_new_tokens(budget);
-    let pending = state.submit(images, prompt, options, false)?;
+    let pending = state.submit(images, prompt, options, false).await?;
     state.complete(pending).await
 }
 
