@@ -82,6 +82,21 @@ fn load(model: &str, backend_weights: bool) -> Model<Cpu> {
     })
 }
 
+/// Rows per decode step over the run, from the server's `/metrics` (NaN if unreadable).
+fn mean_batch(url: &str) -> f64 {
+    let text = ureq::get(url)
+        .call()
+        .ok()
+        .and_then(|mut r| r.body_mut().read_to_string().ok())
+        .unwrap_or_default();
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    value("paligemma_batch_size_sum ") / value("paligemma_batch_size_count ")
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -123,9 +138,9 @@ fn main() {
     );
     drop(model);
     println!(
-        "| max batch | requests | wrong | lost | 429 | p50 latency (s) | p99 latency (s) | requests/s | tokens/s |"
+        "| max batch | requests | wrong | lost | 429 | p50 latency (s) | p99 latency (s) | requests/s | tokens/s | mean batch |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut ratios = Vec::new();
     for round in 0..args.rounds.max(1) {
         let mut rates = Vec::new();
@@ -224,6 +239,7 @@ fn main() {
                 .flat_map(|c| c.join().unwrap_or_default())
                 .collect();
             let wall = begin.elapsed().as_secs_f64();
+            let batch_mean = mean_batch(&endpoint.replace("/v1/chat/completions", "/metrics"));
             stop.send(()).ok();
             let _ = serving.join();
             let ok: Vec<&((u16, bool, u64), f64)> =
@@ -242,7 +258,7 @@ fn main() {
             let rate = ok.len() as f64 / wall;
             rates.push((batch, rate));
             println!(
-                "| {batch} | {} | {wrong} | {lost} | {busy} | {p50:.3} | {p99:.3} | {rate:.1} | {:.0} |",
+                "| {batch} | {} | {wrong} | {lost} | {busy} | {p50:.3} | {p99:.3} | {rate:.1} | {:.0} | {batch_mean:.2} |",
                 results.len(),
                 tokens as f64 / wall
             );
