@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use burn::tensor::backend::Backend;
-use image::DynamicImage;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use super::error::ApiError;
@@ -19,7 +18,7 @@ use crate::continuous::{Event, Request};
 use crate::error::{Error, Result};
 use crate::generate::{GenerateOptions, Generation};
 use crate::model::Model;
-use crate::preprocess::{Pixels, pixels_of};
+use crate::preprocess::Pixels;
 use crate::task::{Segmentation, Skipped, segmentations_from_text};
 
 /// What happens to a submitted request.
@@ -89,7 +88,7 @@ where
 pub(crate) struct Engine {
     queue: Mutex<Option<SyncSender<Request>>>,
     /// The vision tower's resolution, for preprocessing on the handlers' threads.
-    image_size: usize,
+    pub image_size: usize,
     capacity: usize,
     metrics: Arc<Metrics>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -148,13 +147,6 @@ impl Engine {
         let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner());
         queue.is_some() && thread.as_ref().is_some_and(|t| !t.is_finished())
-    }
-
-    /// Preprocess a request's images for the model (blocking: a whole resize per
-    /// image), so that the generation thread only runs the model.
-    pub fn pixels(&self, images: &[DynamicImage]) -> Result<Vec<Pixels>> {
-        let images: Vec<&DynamicImage> = images.iter().collect();
-        pixels_of(&images, self.image_size)
     }
 
     /// Queue a request; a full queue is a 429, a stopped engine a 503.

@@ -55,6 +55,7 @@ pub use error::ApiError;
 
 use crate::generate::{FinishReason, GenerateOptions, Generation};
 use crate::model::Model;
+use crate::preprocess::pixels_of;
 use engine::{Engine, Message};
 use metrics::Metrics;
 
@@ -435,7 +436,7 @@ impl AppState {
 
     /// Preprocess the images on a blocking thread and queue a generation.
     async fn submit(
-        self: &Arc<Self>,
+        &self,
         images: Vec<DynamicImage>,
         prompt: String,
         options: GenerateOptions,
@@ -451,13 +452,13 @@ impl AppState {
                 ),
             ));
         }
-        self.engine()?;
-        let state = self.clone();
+        let size = self.engine()?.image_size;
+        // A whole resize per image: off the async workers and off the model's thread.
         let pixels = tokio::task::spawn_blocking(move || {
-            state.engine().map(|engine| engine.pixels(&images))
+            pixels_of(&images.iter().collect::<Vec<_>>(), size)
         })
         .await
-        .map_err(|e| ApiError::internal(format!("preprocessing the images failed: {e}")))???;
+        .map_err(|e| ApiError::internal(format!("preprocessing the images failed: {e}")))??;
         let rx = self.engine()?.submit(pixels, prompt, options, stream)?;
         Ok(Pending {
             rx,
