@@ -159,12 +159,25 @@ impl<B: Backend> Model<B> {
     }
 }
 
-/// Stream `entries` into a safetensors file in `dtype`, sorted by name, one tensor in
-/// host memory at a time.
+/// Values read out of a tensor and encoded at a time when saving (16 MB of f32).
+const WRITE_CHUNK: usize = 1 << 22;
+
+/// Stream `entries` into a safetensors file in `dtype`, sorted by name, a slice of one
+/// tensor in host memory at a time.
 pub(crate) fn write_safetensors<B: Backend>(
+    path: &Path,
+    entries: Vec<Entry<B>>,
+    dtype: Dtype,
+) -> Result<()> {
+    write_in_chunks(path, entries, dtype, WRITE_CHUNK)
+}
+
+/// [`write_safetensors`], reading `chunk` values of a tensor at a time.
+fn write_in_chunks<B: Backend>(
     path: &Path,
     mut entries: Vec<Entry<B>>,
     dtype: Dtype,
+    chunk: usize,
 ) -> Result<()> {
     entries.sort_by(|a, b| a.name.cmp(&b.name));
     let (tag, width) = match dtype {
@@ -195,22 +208,31 @@ pub(crate) fn write_safetensors<B: Backend>(
     out.write_all(&(header.len() as u64).to_le_bytes())
         .map_err(io)?;
     out.write_all(&header).map_err(io)?;
+    // A slice of each tensor at a time: reading a whole tensor out at once held a copy
+    // of it (2 GB for the 3B's embedding in f32) and its encoded bytes beside the model.
+    let chunk = chunk.max(1);
+    let mut bytes = Vec::with_capacity(chunk * width);
     for e in entries {
-        let values = e
-            .values
-            .into_data()
-            .convert::<f32>()
-            .into_vec::<f32>()
-            .map_err(|err| Error::Backend(format!("reading {}: {err:?}", e.name)))?;
-        let mut bytes = Vec::with_capacity(values.len() * width);
-        for v in values {
-            match dtype {
-                Dtype::F32 => bytes.extend(v.to_le_bytes()),
-                Dtype::F16 => bytes.extend(half::f16::from_f32(v).to_le_bytes()),
-                Dtype::Bf16 => bytes.extend(half::bf16::from_f32(v).to_le_bytes()),
+        let n = e.values.dims()[0];
+        for start in (0..n).step_by(chunk) {
+            let values = e
+                .values
+                .clone()
+                .slice(start..(start + chunk).min(n))
+                .into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .map_err(|err| Error::Backend(format!("reading {}: {err:?}", e.name)))?;
+            bytes.clear();
+            for v in values {
+                match dtype {
+                    Dtype::F32 => bytes.extend(v.to_le_bytes()),
+                    Dtype::F16 => bytes.extend(half::f16::from_f32(v).to_le_bytes()),
+                    Dtype::Bf16 => bytes.extend(half::bf16::from_f32(v).to_le_bytes()),
+                }
             }
+            out.write_all(&bytes).map_err(io)?;
         }
-        out.write_all(&bytes).map_err(io)?;
     }
     out.flush().map_err(io)?;
     out.into_inner()
@@ -234,4 +256,58 @@ pub(super) fn temporary_sibling(dir: &Path) -> Result<PathBuf> {
         .to_string_lossy();
     let parent = dir.parent().unwrap_or(Path::new("."));
     Ok(parent.join(format!(".{name}.partial-{}", std::process::id())))
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Tensor, TensorData};
+
+    use super::*;
+    use crate::backend::Cpu;
+
+    /// Tensors written a few values at a time (chunks that end inside a tensor, at its
+    /// end, and past it, and an empty tensor) read back with every value in place.
+    #[test]
+    fn chunked_writes_keep_every_value() {
+        let device = Default::default();
+        let entry = |name: &str, values: Vec<f32>, shape: Vec<usize>| Entry::<Cpu> {
+            name: name.into(),
+            values: Tensor::from_data(TensorData::new(values.clone(), [values.len()]), &device),
+            shape,
+        };
+        let a: Vec<f32> = (0..10).map(|i| i as f32 * 0.5 - 2.0).collect();
+        let b: Vec<f32> = (0..6).map(|i| 100.0 + i as f32).collect();
+        let dir = tempfile::tempdir().unwrap();
+        for chunk in [1, 3, 4, 6, 64] {
+            for dtype in [Dtype::F32, Dtype::Bf16] {
+                let path = dir.path().join(format!("{chunk}-{dtype:?}.safetensors"));
+                let entries = vec![
+                    entry("b", b.clone(), vec![2, 3]),
+                    entry("a", a.clone(), vec![10]),
+                    entry("empty", Vec::new(), vec![0]),
+                ];
+                write_in_chunks(&path, entries, dtype, chunk).unwrap();
+                let bytes = std::fs::read(&path).unwrap();
+                let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+                for (name, want, shape) in [("a", &a, vec![10]), ("b", &b, vec![2, 3])] {
+                    let view = file.tensor(name).unwrap();
+                    assert_eq!(view.shape(), shape.as_slice());
+                    let got: Vec<f32> = match dtype {
+                        Dtype::F32 => view
+                            .data()
+                            .chunks_exact(4)
+                            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                            .collect(),
+                        _ => view
+                            .data()
+                            .chunks_exact(2)
+                            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                            .collect(),
+                    };
+                    assert_eq!(&got, want, "{name}, chunk {chunk}, {dtype:?}");
+                }
+                assert!(file.tensor("empty").unwrap().data().is_empty());
+            }
+        }
+    }
 }
