@@ -79,7 +79,7 @@ type EventFn = Box<dyn FnMut(Event<'_>) -> ControlFlow<()> + Send>;
 
 /// A prompt about one image or several, with its own options.
 pub struct Request {
-    images: Inputs,
+    images: RequestImages,
     prompt: String,
     options: GenerateOptions,
     stream: bool,
@@ -87,16 +87,16 @@ pub struct Request {
 }
 
 /// A request's images: decoded, to be preprocessed by the loop, or already pixels.
-enum Inputs {
+enum RequestImages {
     Images(Vec<DynamicImage>),
     Pixels(Vec<Pixels>),
 }
 
-impl Inputs {
+impl RequestImages {
     fn len(&self) -> usize {
         match self {
-            Inputs::Images(i) => i.len(),
-            Inputs::Pixels(p) => p.len(),
+            RequestImages::Images(i) => i.len(),
+            RequestImages::Pixels(p) => p.len(),
         }
     }
 }
@@ -121,7 +121,7 @@ impl Request {
         prompt: impl Into<String>,
         options: GenerateOptions,
     ) -> Self {
-        Self::with_inputs(Inputs::Images(images), prompt.into(), options)
+        Self::with_images(RequestImages::Images(images), prompt.into(), options)
     }
 
     /// A request about images already preprocessed ([`Model::pixels`]), so the loop
@@ -131,10 +131,10 @@ impl Request {
         prompt: impl Into<String>,
         options: GenerateOptions,
     ) -> Self {
-        Self::with_inputs(Inputs::Pixels(pixels), prompt.into(), options)
+        Self::with_images(RequestImages::Pixels(pixels), prompt.into(), options)
     }
 
-    fn with_inputs(images: Inputs, prompt: String, options: GenerateOptions) -> Self {
+    fn with_images(images: RequestImages, prompt: String, options: GenerateOptions) -> Self {
         Request {
             images,
             prompt,
@@ -398,12 +398,12 @@ impl<B: Backend> Model<B> {
             let count = request.images.len();
             self.check_image_count(count)?;
             let (pixels, sizes) = match &request.images {
-                Inputs::Images(images) => {
+                RequestImages::Images(images) => {
                     let images: Vec<&DynamicImage> = images.iter().collect();
                     let sizes = images.iter().map(|i| (i.width(), i.height())).collect();
                     (self.pixel_batch(&images)?, sizes)
                 }
-                Inputs::Pixels(pixels) => {
+                RequestImages::Pixels(pixels) => {
                     let sizes = pixels.iter().map(Pixels::original_size).collect();
                     (self.pixel_tensor(pixels)?, sizes)
                 }
