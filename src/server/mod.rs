@@ -442,6 +442,8 @@ impl AppState {
         options: GenerateOptions,
         stream: bool,
     ) -> Result<Pending, ApiError> {
+        // The request's time limit and its time to first token count the preprocessing.
+        let start = Instant::now();
         if images.len() > self.config.max_images {
             return Err(ApiError::invalid(
                 "too_many_images",
@@ -462,7 +464,7 @@ impl AppState {
         let rx = self.engine()?.submit(pixels, prompt, options, stream)?;
         Ok(Pending {
             rx,
-            start: Instant::now(),
+            start,
             prompt_tokens: 0,
             first: None,
         })
