@@ -13,8 +13,6 @@ use serde::Serialize;
 use crate::Res;
 use crate::args::{FinetuneArgs, LossArgs, MethodArg, OptimizerArg, ScheduleArg};
 
-/// Read a data file and check that every example becomes a valid batch row before
-/// any work starts; errors name the file and line.
 /// The mask encoder of a checkpoint (or of the demo), when it has a `vae-oid.npz`,
 /// for `"masks"` lines.
 fn mask_encoder(model_path: &Path) -> Res<Option<MaskEncoder<paligemma::backend::Cpu>>> {
@@ -29,8 +27,15 @@ fn mask_encoder(model_path: &Path) -> Res<Option<MaskEncoder<paligemma::backend:
     })
 }
 
-fn examples<B: Backend>(model: &Model<B>, model_path: &Path, path: &Path) -> Res<Vec<Example>> {
-    let lines = read_examples_with(path, mask_encoder(model_path)?.as_ref())?;
+/// Read a data file and check that every example becomes a valid batch row before
+/// any work starts; errors name the file and line. `encoder` turns `"masks"` lines
+/// into segmentation suffixes.
+fn examples<B: Backend>(
+    model: &Model<B>,
+    encoder: Option<&MaskEncoder<paligemma::backend::Cpu>>,
+    path: &Path,
+) -> Res<Vec<Example>> {
+    let lines = read_examples_with(path, encoder)?;
     for (line, ex) in &lines {
         model
             .training_batch(std::slice::from_ref(ex))
@@ -73,7 +78,8 @@ fn data_loss<B: Backend>(
 
 pub fn loss<B: Backend>(args: &LossArgs, device: &B::Device) -> Res<()> {
     let model = crate::commands::open_model::<B>(&args.model, device, &Default::default())?;
-    let examples = examples(&model, &args.model, &args.data)?;
+    let encoder = mask_encoder(&args.model)?;
+    let examples = examples(&model, encoder.as_ref(), &args.data)?;
     let out = data_loss(&model, &examples, args.batch_size.unwrap_or(examples.len()))?;
     if args.json {
         println!("{}", serde_json::to_string(&out)?);
@@ -255,9 +261,10 @@ pub fn finetune<B: AutodiffBackend>(args: &FinetuneArgs, device: &B::Device) -> 
         },
     };
     let model = crate::commands::open_model::<B>(&args.model, device, &Default::default())?;
-    let train = examples(&model, &args.model, &args.data)?;
+    let encoder = mask_encoder(&args.model)?;
+    let train = examples(&model, encoder.as_ref(), &args.data)?;
     let eval = match &args.eval {
-        Some(path) => Some(examples(&model, &args.model, path)?),
+        Some(path) => Some(examples(&model, encoder.as_ref(), path)?),
         None => None,
     };
     let batch_size = args.batch_size.max(1);
