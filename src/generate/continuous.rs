@@ -49,7 +49,7 @@ use super::row::Row;
 use crate::decode_state::DecodeState;
 use crate::error::{Error, Result};
 use crate::model::{ImageEmbedding, Model};
-use crate::preprocess::Pixels;
+use crate::preprocess::{Pixels, pixels_of};
 
 /// What the loop reports about a request, in this order: `Admitted`, `Prefilled`, then
 /// per token `Text` (streaming requests only, when text became final) and `Token`,
@@ -397,17 +397,17 @@ impl<B: Backend> Model<B> {
         let ready = request.options.validate().and_then(|()| {
             let count = request.images.len();
             self.check_image_count(count)?;
-            let (pixels, sizes) = match &request.images {
+            let preprocessed;
+            let pixels = match &request.images {
                 RequestImages::Images(images) => {
                     let images: Vec<&DynamicImage> = images.iter().collect();
-                    let sizes = images.iter().map(|i| (i.width(), i.height())).collect();
-                    (self.pixel_batch(&images)?, sizes)
+                    preprocessed = pixels_of(&images, self.config().vision.image_size)?;
+                    &preprocessed
                 }
-                RequestImages::Pixels(pixels) => {
-                    let sizes = pixels.iter().map(Pixels::original_size).collect();
-                    (self.pixel_tensor(pixels)?, sizes)
-                }
+                RequestImages::Pixels(pixels) => pixels,
             };
+            let sizes = pixels.iter().map(Pixels::original_size).collect();
+            let pixels = self.pixel_tensor(pixels)?;
             let ids = self.prompt_within_context(&request.prompt, count, &request.options)?;
             Ok((pixels, sizes, ids))
         });

@@ -209,7 +209,7 @@ fn write_in_chunks<B: Backend>(
         .map_err(io)?;
     out.write_all(&header).map_err(io)?;
     // A slice of each tensor at a time: reading a whole tensor out at once held a copy
-    // of it (2 GB for the 3B's embedding in f32) and its encoded bytes beside the model.
+    // of it and its encoded bytes beside the model.
     let chunk = chunk.max(1);
     let mut bytes = Vec::with_capacity(chunk * width);
     for e in entries {
